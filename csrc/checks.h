@@ -1,0 +1,58 @@
+// Argument checks shared by the CPU and CUDA implementations: each names the argument, the expected
+// shape or dtype and what it got.
+#pragma once
+
+#include <optional>
+#include <utility>
+
+#include <ATen/ATen.h>
+
+namespace fastedit {
+
+inline void check_batched_square(const at::Tensor& A, const char* name) {
+  TORCH_CHECK(A.dim() == 3 && A.size(1) == A.size(2), "fastedit: ", name,
+              " must be a batch of square matrices (batch, n, n), got shape ", A.sizes());
+  TORCH_CHECK(A.scalar_type() == at::kFloat || A.scalar_type() == at::kDouble, "fastedit: ", name,
+              " must be float32 or float64, got ", A.scalar_type());
+}
+
+inline void check_rhs(const at::Tensor& A, const at::Tensor& B, const char* a_name) {
+  TORCH_CHECK(B.dim() == 3 && B.size(0) == A.size(0) && B.size(1) == A.size(1),
+              "fastedit: B must have shape (batch, n, k) = (", A.size(0), ", ", A.size(1), ", k) to match ", a_name,
+              " ", A.sizes(), ", got ", B.sizes());
+  TORCH_CHECK(B.scalar_type() == A.scalar_type(), "fastedit: B (", B.scalar_type(), ") and ", a_name, " (",
+              A.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK(B.device() == A.device(), "fastedit: B is on ", B.device(), ", ", a_name, " on ", A.device());
+}
+
+inline bool is_float_type(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
+}
+
+// Checks the low-rank update's arguments; returns (P, Q) with W_stored += P Qᵀ.
+inline std::pair<at::Tensor, at::Tensor> check_lowrank(const at::Tensor& W, const at::Tensor& U, const at::Tensor& V,
+                                                       bool transpose, const std::optional<at::Tensor>& C) {
+  TORCH_CHECK(W.dim() == 2 && U.dim() == 2 && V.dim() == 2, "fastedit: W, U, V must be 2-D, got ", W.sizes(), ", ",
+              U.sizes(), ", ", V.sizes());
+  TORCH_CHECK(U.size(1) == V.size(1), "fastedit: U (d_out, r) ", U.sizes(), " and V (d_in, r) ", V.sizes(),
+              " disagree on r");
+  const at::Tensor& P = transpose ? V : U;
+  const at::Tensor& Q = transpose ? U : V;
+  TORCH_CHECK(W.size(0) == P.size(0) && W.size(1) == Q.size(0), "fastedit: W ", W.sizes(), " does not match U ",
+              U.sizes(), " and V ", V.sizes(), " with transpose=", transpose, ": expected (", P.size(0), ", ",
+              Q.size(0), ")");
+  TORCH_CHECK(is_float_type(W.scalar_type()), "fastedit: W must be a floating-point tensor, got ", W.scalar_type());
+  TORCH_CHECK(is_float_type(U.scalar_type()) && is_float_type(V.scalar_type()),
+              "fastedit: U and V must be floating-point tensors");
+  TORCH_CHECK(U.device() == W.device() && V.device() == W.device(), "fastedit: W, U, V must be on one device, got ",
+              W.device(), ", ", U.device(), ", ", V.device());
+  if (C.has_value()) {
+    TORCH_CHECK(C->sizes() == W.sizes(), "fastedit: compensation ", C->sizes(), " must have W's shape ", W.sizes());
+    TORCH_CHECK(C->scalar_type() == at::kFloat || C->scalar_type() == W.scalar_type(),
+                "fastedit: compensation must be float32 or W's dtype ", W.scalar_type(), ", got ", C->scalar_type());
+    TORCH_CHECK(C->device() == W.device(), "fastedit: compensation is on ", C->device(), ", W on ", W.device());
+  }
+  return {P, Q};
+}
+
+}  // namespace fastedit

@@ -1,0 +1,199 @@
+"""The ``fastedit`` command.
+
+    fastedit demo                              the embedded default: 8 sequential edits of SmolLM2-135M
+    fastedit edit --model M --method memit --requests R.json --hparams smollm2-135m --out DIR
+    fastedit stats --model M --hparams smollm2-135m --method memit --source wiki.jsonl
+    fastedit presets                           the shipped hyperparameter presets and their sources
+
+Models are fastedit names (``smollm2-135m``), local folders or hub ids. Run ``fastedit CMD --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _add_stats_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stats-dir", default=None, help="statistics cache folder (default: $FASTEDIT_STATS_DIR or data/stats)")
+    p.add_argument(
+        "--stats-source",
+        default=None,
+        help="text to compute missing statistics from: a .jsonl/.txt file or folder, or a dataset name "
+        "(default: $FASTEDIT_STATS_SOURCE, else the hparams' mom2_dataset)",
+    )
+    p.add_argument("--stats-max-len", type=int, default=None, help="truncate statistics documents to this many tokens")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fastedit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="8 sequential counterfactual edits of SmolLM2-135M with a before/after table and a plot")
+    d.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
+    d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    d.add_argument("--stats-source", default=None, help="text for the statistics (default: ../shared/data's Wikipedia sample)")
+    d.add_argument("--stats-dir", default=None, help="statistics cache (default: $FASTEDIT_CACHE/stats)")
+    d.add_argument("--seed", type=int, default=0)
+
+    e = sub.add_parser("edit", help="apply edit requests to a model")
+    e.add_argument("--model", required=True, help="fastedit name (smollm2-135m), local folder or hub id")
+    e.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
+    e.add_argument("--requests", required=True, help="JSON list / JSON-lines of requests (reference, CounterFact or EasyEdit layout)")
+    e.add_argument("--hparams", default=None, help="preset name (smollm2-135m, gpt2-xl, ...) or reference hparams JSON file")
+    e.add_argument("--batch-size", type=int, default=None, help="MEMIT: requests per edit (default: all at once); ROME edits one at a time")
+    e.add_argument("--out", required=True, help="output folder: result.json, updates.safetensors, config.json")
+    e.add_argument("--save-model", action="store_true", help="also write the edited model (safetensors) to OUT/model")
+    e.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    e.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the context-template sampler")
+    e.add_argument("--profile", default=None, metavar="PATH", help="write a Chrome trace of the edits to PATH")
+    _add_stats_args(e)
+
+    s = sub.add_parser("stats", help="compute and cache second-moment statistics for the edited layers")
+    s.add_argument("--model", required=True)
+    s.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
+    s.add_argument("--hparams", default=None, help="preset or hparams JSON giving layers, dataset, sample count and dtype")
+    s.add_argument("--layers", default=None, help="comma-separated layers (overrides the hparams)")
+    s.add_argument("--n-samples", type=int, default=None, help="documents to use (overrides mom2_n_samples)")
+    s.add_argument("--dtype", default=None, choices=["float32", "float64"], help="accumulation dtype (overrides mom2_dtype)")
+    s.add_argument("--device", default=None)
+    _add_stats_args(s)
+
+    sub.add_parser("presets", help="list the shipped hyperparameter presets")
+    return ap
+
+
+def _device(arg: str | None) -> str:
+    import torch
+
+    return arg or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _read_requests(path: str) -> list:
+    text = Path(path).read_text()
+    if path.endswith(".jsonl"):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    return data if isinstance(data, list) else [data]
+
+
+def cmd_demo(args) -> int:
+    from .experiments.demo import format_table, run_demo
+
+    summary = run_demo(args.out, method=args.method, stats_source=args.stats_source, stats_dir=args.stats_dir, seed=args.seed)
+    print(format_table(summary))
+    print(f"\nresults, per-edit log and plot in {args.out}/ (results.json, steps.jsonl, demo.png)")
+    return 0
+
+
+def cmd_edit(args) -> int:
+    from safetensors.torch import save_file
+
+    from .engine import EditSession
+    from .models.loading import load_model
+    from .profiling import chrome_trace
+    from .requests import as_requests
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = load_model(args.model, dtype=args.dtype, device=_device(args.device))
+    session = EditSession(
+        model, tok, args.method, args.hparams, seed=args.seed, stats_dir=args.stats_dir,
+        stats_source=args.stats_source, stats_max_len=args.stats_max_len,
+    )
+    reqs = as_requests(_read_requests(args.requests))
+    (out / "config.json").write_text(json.dumps(
+        {"model": args.model, "method": args.method, "hparams": session.hp.to_dict(), "requests": args.requests,
+         "seed": args.seed, "dtype": args.dtype}, indent=2) + "\n")
+    if args.method == "memit":
+        size = args.batch_size or len(reqs)
+        batches = [reqs[i : i + size] for i in range(0, len(reqs), size)]
+    else:
+        batches = [[r] for r in reqs]
+    results, tensors = [], {}
+    t0 = time.perf_counter()
+    with chrome_trace(args.profile):
+        for b, batch in enumerate(batches):
+            res = session.apply(batch)
+            results.append({"ids": res.ids, "update_norms": res.update_norms, "times": res.times})
+            for u in res.updates:
+                tensors[f"{b}.{u.weight_name}.keys_side"] = u.keys_side.detach().float().cpu().contiguous()
+                tensors[f"{b}.{u.weight_name}.values_side"] = u.values_side.detach().float().cpu().contiguous()
+            print(res.summary())
+    (out / "result.json").write_text(json.dumps({"edits": results, "seconds": time.perf_counter() - t0}, indent=2) + "\n")
+    save_file(tensors, str(out / "updates.safetensors"))
+    if args.save_model:
+        (out / "model").mkdir(exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        # tied weights are stored once; the config re-ties them on load
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop(session.adapter.lm_head_name(model) + ".weight", None)
+        save_file(state, str(out / "model" / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(out / "model")
+        tok.save_pretrained(out / "model")
+    print(f"wrote {out}/result.json and {out}/updates.safetensors" + (f" and {out}/model" if args.save_model else ""))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from .hparams import load_hparams
+    from .models.adapters import get_adapter
+    from .models.loading import load_model
+    from .stats.store import SecondMomentStore
+
+    model, tok = load_model(args.model, device=_device(args.device))
+    hp = load_hparams(args.method, args.hparams or _preset_for(args.model))
+    changes = {}
+    if args.layers:
+        changes["layers"] = tuple(int(x) for x in args.layers.split(","))
+    if args.n_samples:
+        changes["mom2_n_samples"] = args.n_samples
+    if args.dtype:
+        changes["mom2_dtype"] = args.dtype
+    hp = hp.replace(**changes)
+    store = SecondMomentStore(model, tok, get_adapter(model), hp, stats_dir=args.stats_dir, source=args.stats_source,
+                              max_len=args.stats_max_len)
+    t0 = time.perf_counter()
+    store.ensure(hp.layers)
+    secs = time.perf_counter() - t0
+    for layer in hp.layers:
+        print(f"layer {layer}: {store.loaded_from[layer]}")
+    print(f"{len(hp.layers)} layer(s) ready in {secs:.1f} s")
+    return 0
+
+
+def _preset_for(model: str) -> str:
+    name = Path(model).name.lower()
+    for preset in ("smollm2-135m", "gpt2-xl", "gpt-j-6b", "llama-3-8b"):
+        if preset in name:
+            return preset
+    raise SystemExit(f"no preset matches model {model!r}: pass --hparams")
+
+
+def cmd_presets(args) -> int:
+    from .hparams import PRESET_SOURCES
+
+    print(f"{'method':<7} {'model':<14} source")
+    for (method, model), source in sorted(PRESET_SOURCES.items()):
+        print(f"{method:<7} {model:<14} {source}")
+    print("r-rome uses the ROME presets with r-ROME's key handling switched on.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("demo", "stats") else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return {"demo": cmd_demo, "edit": cmd_edit, "stats": cmd_stats, "presets": cmd_presets}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

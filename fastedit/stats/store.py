@@ -1,0 +1,182 @@
+"""Statistics for the layers of an edit: found in a cache, or computed once for all layers and cached.
+
+:class:`SecondMomentStore` answers ``second_moment(layer)`` with C = E[k kᵀ] (float32, as the
+references round it) for the model's edited projection at that layer. It looks for kmeng01's and
+AlphaEdit's cache files, checks them against the model (size, and the sidecar when there is one),
+and otherwise computes every missing layer in a single pass over the text source and writes the
+reference layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from ..models.adapters import ModelAdapter
+from .cache import (
+    SecondMoment,
+    StatsMismatchError,
+    load_second_moment,
+    model_fingerprint,
+    save_second_moment,
+    stats_paths,
+)
+from .collect import collect_second_moments
+from .sources import open_source
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SecondMomentStore", "default_stats_dir", "StatsMissingError"]
+
+
+class StatsMissingError(FileNotFoundError):
+    """No cache and no way to compute one."""
+
+
+def default_stats_dir() -> Path:
+    """``$FASTEDIT_STATS_DIR``, else the references' ``data/stats`` (relative to the working directory)."""
+    return Path(os.environ.get("FASTEDIT_STATS_DIR", "data/stats"))
+
+
+class SecondMomentStore:
+    """C per edited layer for one model.
+
+    ``source``: where to compute missing statistics from (a path or dataset name; default
+    ``$FASTEDIT_STATS_SOURCE``, else the hparams' ``mom2_dataset`` through ``datasets``).
+    ``model_name``: the cache folder name (default: the model's ``name_or_path``). ``max_len``:
+    truncate documents to this many tokens when computing (default: the model's context length, as
+    the references do; recorded in the sidecar).
+    """
+
+    def __init__(
+        self,
+        model,
+        tok,
+        adapter: ModelAdapter,
+        hp,
+        stats_dir: str | os.PathLike | None = None,
+        source: str | os.PathLike | None = None,
+        model_name: str | None = None,
+        max_len: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.model, self.tok, self.adapter, self.hp = model, tok, adapter, hp
+        self.stats_dir = Path(stats_dir) if stats_dir is not None else default_stats_dir()
+        self.source = source or os.environ.get("FASTEDIT_STATS_SOURCE")
+        self.model_name = model_name or model.config._name_or_path or type(model).__name__
+        self.max_len = max_len
+        self.progress = progress
+        self._moments: dict[int, torch.Tensor] = {}
+        self.loaded_from: dict[int, Path] = {}
+
+    # ------------------------------------------------------------------ public
+    def layer_name(self, layer: int) -> str:
+        return (self.hp.rewrite_module_tmp or self.adapter.rewrite_module_tmp).format(layer)
+
+    def paths(self, layer: int) -> list[Path]:
+        hp = self.hp
+        return stats_paths(
+            self.stats_dir, self.model_name, hp.mom2_dataset, self.layer_name(layer), hp.mom2_dtype, hp.mom2_n_samples
+        )
+
+    def second_moment(self, layer: int) -> torch.Tensor:
+        """C (d_ff, d_ff), float32, on the device of the layer's weight."""
+        if layer not in self._moments:
+            self.ensure([layer])
+        return self._moments[layer]
+
+    def ensure(self, layers: Iterable[int]) -> None:
+        """Load or compute C for every layer in ``layers`` (missing ones in one pass)."""
+        todo = []
+        for layer in layers:
+            if layer in self._moments:
+                continue
+            stat = self._load(layer)
+            if stat is None:
+                todo.append(layer)
+            else:
+                self._keep(layer, stat)
+        if todo:
+            self._compute(todo)
+
+    # ------------------------------------------------------------------ internals
+    def _expected_width(self, layer: int) -> int:
+        return self.adapter.key_size(self.model, layer)
+
+    def _check(self, layer: int, stat: SecondMoment) -> None:
+        name, want = self.layer_name(layer), self._expected_width(layer)
+        got = stat.mom2.shape[0]
+        if got != want:
+            raise StatsMismatchError(
+                f"{stat.path}: statistics of size {got}×{got} do not match {name}, whose keys have size {want}"
+            )
+        meta = stat.meta or {}
+        if meta.get("layer") not in (None, name):
+            raise StatsMismatchError(f"{stat.path}: statistics are for layer {meta['layer']!r}, not {name!r}")
+        fp = meta.get("model_fingerprint")
+        if fp is not None and fp != model_fingerprint(self.model):
+            raise StatsMismatchError(
+                f"{stat.path}: statistics were computed for model {meta.get('model')!r} "
+                f"(fingerprint {fp}), which is not this model ({self.model_name!r}, {model_fingerprint(self.model)})"
+            )
+
+    def _load(self, layer: int) -> SecondMoment | None:
+        for path in self.paths(layer):
+            if not path.exists():
+                continue
+            stat = load_second_moment(path)
+            if stat.sample_size is not None and stat.sample_size != self.hp.mom2_n_samples:
+                log.warning("%s: sample_size %s != mom2_n_samples %s, recomputing", path, stat.sample_size, self.hp.mom2_n_samples)
+                continue
+            self._check(layer, stat)
+            log.info("statistics for %s from %s", self.layer_name(layer), path)
+            self.loaded_from[layer] = path
+            return stat
+        return None
+
+    def _keep(self, layer: int, stat: SecondMoment) -> None:
+        device = self.adapter.rewrite_weight(self.model, layer).device
+        # The references divide the stored sum by the count and use C in float32.
+        self._moments[layer] = stat.moment().float().to(device)
+
+    def _compute(self, layers: list[int]) -> None:
+        hp = self.hp
+        if self.source is None:
+            tried = ", ".join(str(p) for layer in layers for p in self.paths(layer))
+            raise StatsMissingError(
+                f"no statistics cache for layer(s) {layers} (looked for {tried}) and no text source to compute "
+                "them from: pass stats_source=PATH (e.g. ../shared/data/wikipedia/enwiki_sample.jsonl), set "
+                "FASTEDIT_STATS_SOURCE, or run `fastedit stats`"
+            )
+        source = open_source(self.source)
+        names = [self.layer_name(layer) for layer in layers]
+        dtype = getattr(torch, hp.mom2_dtype)
+        stats = collect_second_moments(
+            self.model, self.tok, self.adapter, names, source, hp.mom2_n_samples, dtype=dtype,
+            max_len=self.max_len, progress=self.progress,
+        )
+        for layer, name in zip(layers, names):
+            stat = stats[name]
+            path = self.paths(layer)[0]
+            meta = {
+                "model": self.model_name,
+                "model_fingerprint": model_fingerprint(self.model),
+                "layer": name,
+                "width": int(stat.mom2.shape[0]),
+                "dtype": hp.mom2_dtype,
+                "tokens": stat.count,
+                "documents": (stat.meta or {}).get("documents"),
+                "sample_size": hp.mom2_n_samples,
+                "corpus": source.name,
+                "max_len": self.max_len or self.adapter.max_positions(self.model),
+                "writer": "fastedit",
+            }
+            save_second_moment(path, stat, meta)
+            stat.path, stat.meta = path, meta
+            log.info("statistics for %s written to %s (%d tokens)", name, path, stat.count)
+            self.loaded_from[layer] = path
+            self._keep(layer, stat)
