@@ -88,6 +88,13 @@ def model_fingerprint(model) -> str:
     return f"{tuple(emb.shape)}:{float(sample.sum()):.10e}:{float(sample.abs().sum()):.10e}"
 
 
+def _public_mode(path: str) -> None:
+    """mkstemp creates files readable by the owner only; give them the usual umask-based mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_second_moment(path: Path, stat: SecondMoment, meta: dict[str, Any] | None = None) -> None:
     """Write the reference npz layout (atomically) plus the sidecar."""
     path = Path(path)
@@ -103,6 +110,7 @@ def save_second_moment(path: Path, stat: SecondMoment, meta: dict[str, Any] | No
     os.close(fd)
     try:
         np.savez(tmp, **arrays)
+        _public_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

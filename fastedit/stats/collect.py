@@ -1,34 +1,490 @@
-"""Collecting Σ k kᵀ for several edited layers in one forward pass.
+"""Collecting Σ k kᵀ for all edited layers in one forward pass over packed documents.
 
-The reference runs the whole model once per layer (float32, padded batches). Here every requested
-layer's key is read by a hook in the same pass, and the pass stops right after the last of them:
-nothing above the highest edited layer is computed. Each document is truncated to the model's
-context length as in the reference (``encode(text, truncation=True, max_length=...)``), documents are
-sorted by length and batched up to ``batch_tokens`` padded tokens, and only non-padding tokens count.
+The reference runs the model once per layer (float32, padded batches of whole documents). Here:
+
+* **one pass, early exit**: a pre-hook on every edited projection adds its input to that layer's sum
+  as the pass goes by, and the hook of the last one ends the pass (nothing above it, not even that
+  projection, is computed);
+* **packing**: documents (truncated to ``max_len`` tokens as the reference truncates them) are packed
+  whole into full rows of ``max_len`` tokens with a block-diagonal causal mask and restarting position
+  ids (:mod:`.packing`), so attention never crosses a document and almost nothing is spent on padding;
+* **precision**: the forward pass runs in the model's dtype; the sums accumulate in ``dtype`` (float32
+  or float64) through :func:`fastedit.ops.second_moment_accumulate_` (symmetric rank-k update: one
+  triangle of blocks);
+* **resumable**: every ``checkpoint_every`` tokens the sums and the cursor are written (:mod:`.checkpoint`);
+  a killed pass resumes from there and ends with the same sums as an uninterrupted one (same batches,
+  same order);
+* **distributed**: under torchrun every rank takes every ``world``-th window of documents; the sums are
+  all-reduced once, at the end, in float64 (:mod:`.distributed`);
+* **fewer samples when they suffice**: every ``check_every`` tokens the relative Frobenius change of
+  each layer's C = Σ k kᵀ / n since the previous check is recorded (the convergence curve); the pass
+  can stop once every change is below ``converge``, or after ``max_tokens`` key vectors.
+
+Documents are read in windows (``window_docs`` of the references' shuffled sample at a time), tokenised
+in a background thread while the model works on the previous window.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from typing import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import ops
-from ..models.adapters import ModelAdapter
-from ..models.tracing import record
+from ..models.adapters import ModelAdapter, get_adapter, get_module
+from ..models.tracing import StopForward
 from ..profiling import region
-from .cache import SecondMoment
+from .cache import SecondMoment, StatsMismatchError, model_fingerprint
+from .checkpoint import CheckpointFiles, PartialState, checkpoint_files
+from .distributed import DistContext, current
+from .packing import PackedBatch, block_causal_mask, mask_kind, pack_documents
 from .sources import TextSource
 
 log = logging.getLogger(__name__)
 
-__all__ = ["collect_second_moments"]
+__all__ = [
+    "Collection",
+    "CollectionReport",
+    "collect",
+    "collect_second_moments",
+    "default_window_docs",
+    "DEFAULT_BATCH_TOKENS",
+    "auto_checkpoint_every",
+]
+
+DEFAULT_BATCH_TOKENS = 8192  # tokens per forward pass (rows = this // max_len, at least 1)
+CHECK_EVERY_D_FF = 16  # default check interval, in multiples of the widest key
+
+
+def default_window_docs(n_docs: int) -> int:
+    """Documents per window: about 64 windows for small samples (so ranks share them out evenly),
+    1024 documents for large ones; at least 8."""
+    return max(8, min(1024, math.ceil(n_docs / 64)))
+
+
+def auto_checkpoint_every(widths: Sequence[int], dtype: torch.dtype) -> int:
+    """A checkpoint interval that keeps writing cheap next to computing: 2,000 tokens per MB of sums,
+    at least a million (SmolLM2, 5 layers: 1M tokens; GPT-J, 6 layers in float32: 12M)."""
+    mb = sum(w * w for w in widths) * torch.finfo(dtype).bits / 8 / 2**20
+    return int(max(1_000_000, 2000 * mb))
+
+
+@dataclass
+class CollectionReport:
+    """What a pass did. ``tokens`` counts key vectors over all ranks (the resumed part included);
+    ``seconds`` and ``tokens_per_s`` are this run's (``seconds_total`` adds earlier runs that a resume
+    continued). ``curve``: one point per check, ``{"tokens": n, "rel_change": {layer: x or None}}``."""
+
+    tokens: int
+    documents: int
+    rows: int
+    padding: int
+    seconds: float
+    seconds_total: float
+    tokens_this_run: int
+    tokens_per_s: float
+    stop_reason: str  # "corpus", "converged" or "max_tokens"
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: dict[str, Any] | None = None
+    world_size: int = 1
+    layers: list[str] = field(default_factory=list)
+    dtype: str = "float32"
+    model_dtype: str = "float32"
+    max_len: int = 0
+    rows_per_batch: int = 0
+    corpus: str = ""
+    checkpoints: list[str] = field(default_factory=list)
+
+    @property
+    def fill(self) -> float:
+        """Fraction of the computed positions that were real tokens (1 − padding share)."""
+        total = self.tokens + self.padding
+        return self.tokens / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["fill"] = self.fill
+        return d
+
+
+@dataclass
+class Collection:
+    """The sums (name → :class:`SecondMoment`, ``mom2`` on the CPU) and the report of the pass."""
+
+    stats: dict[str, SecondMoment]
+    report: CollectionReport
+    checkpoint: CheckpointFiles | None = None
+
+
+def _key_width(module: torch.nn.Module, weight_is_in_out: bool) -> int:
+    w = module.weight
+    return int(w.shape[0] if weight_is_in_out else w.shape[1])
+
+
+def _sym_fro2(lower: torch.Tensor, panel: int = 2048) -> float:
+    """‖A‖_F² of the symmetric matrix whose lower triangle (diagonal included) ``lower`` holds,
+    by row panels in float64 (no d × d temporary)."""
+    d = lower.shape[0]
+    total = 0.0
+    for s in range(0, d, panel):
+        e = min(s + panel, d)
+        left = lower[s:e, :s].double()
+        diag = lower[s:e, s:e].double()
+        total += 2.0 * float(left.square().sum()) + 2.0 * float(torch.tril(diag, -1).square().sum())
+        total += float(torch.diagonal(diag).square().sum())
+    return total
+
+
+def _rel_change(acc: torch.Tensor, n: int, snap: torch.Tensor, n_prev: int, panel: int = 2048) -> float:
+    """‖acc/n − snap/n_prev‖_F / ‖acc/n‖_F over the symmetric matrices of the two lower triangles."""
+    d = acc.shape[0]
+    diff2 = 0.0
+    for s in range(0, d, panel):
+        e = min(s + panel, d)
+        blk = acc[s:e, :e].double() / n - snap[s:e, :e].double() / n_prev
+        diff2 += 2.0 * float(blk[:, :s].square().sum()) + 2.0 * float(torch.tril(blk[:, s:e], -1).square().sum())
+        diff2 += float(torch.diagonal(blk[:, s:e]).square().sum())
+    norm2 = _sym_fro2(acc, panel) / (n * n)
+    return math.sqrt(diff2 / norm2) if norm2 > 0 else float("inf")
 
 
 @torch.no_grad()
+def collect(
+    model,
+    tok,
+    adapter: ModelAdapter | None,
+    layer_names: Sequence[str],
+    source: TextSource,
+    n_samples: int | None,
+    dtype: torch.dtype = torch.float32,
+    max_len: int | None = None,
+    batch_tokens: int | None = None,
+    progress: bool = True,
+    *,
+    rows: int | None = None,
+    window_docs: int | None = None,
+    check_every: int | str | None = "auto",
+    converge: float | None = None,
+    max_tokens: int | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = True,
+    dist: DistContext | None = None,
+    config: dict[str, Any] | None = None,
+    desc: str = "statistics",
+) -> Collection:
+    """Σ k kᵀ and the token count for the inputs of ``layer_names`` (the edited projections) over the
+    references' sample of ``n_samples`` documents of ``source`` (all when None), in one pass. The
+    documents are texts, or lists of token ids (pre-tokenised; truncated to ``max_len`` here).
+
+    ``max_len``: truncate each document to this many tokens, also the row length (default: the
+    model's context, the references' rule). ``rows`` rows per forward pass (default
+    ``batch_tokens // max_len``, ``batch_tokens`` defaulting to 8192). ``check_every``: tokens
+    between convergence checks ("auto": 16 × d_ff; None or 0: no curve). ``converge``: stop at the
+    first check where every layer's relative change is below it. ``max_tokens``: stop once this many
+    key vectors are in. ``checkpoint``: the cache path beside which checkpoints go (see
+    :mod:`.checkpoint`), written every ``checkpoint_every`` tokens; ``resume`` continues from one.
+    ``dist``: the process group (default: the initialised one, if any). ``config``: extra fields that
+    a checkpoint must match (the model name, say).
+    """
+    dist = dist or current()
+    adapter = adapter or get_adapter(model)
+    layer_names = list(layer_names)
+    if not layer_names:
+        raise ValueError("no layers to collect statistics for")
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    missing = [n for n in layer_names if n not in order]
+    if missing:
+        raise LookupError(f"model has no module(s) {missing}")
+    last = max(layer_names, key=order.__getitem__)
+    modules = {n: get_module(model, n) for n in layer_names}
+    widths = {n: _key_width(m, adapter.weight_is_in_out) for n, m in modules.items()}
+    emb = model.get_input_embeddings().weight
+    in_device, model_dtype = emb.device, emb.dtype
+    # each layer's sums live where its weight does (several GPUs under a device_map); weights offloaded
+    # by accelerate show the meta device, their keys are summed where the pass starts
+    acc_device = {n: (m.weight.device if m.weight.device.type != "meta" else in_device) for n, m in modules.items()}
+    kind = mask_kind(model)
+    limit = adapter.max_positions(model)
+    max_len = int(max_len or limit)
+    if max_len > limit:
+        raise ValueError(f"max_len {max_len} exceeds the model's {limit} positions")
+    rows_per_batch = int(rows or max(1, (batch_tokens or DEFAULT_BATCH_TOKENS) // max_len))
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    pad_id = min(int(pad_id), emb.shape[0] - 1)
+
+    idx = source.sample_indices(n_samples)
+    wdocs = int(window_docs or default_window_docs(len(idx)))
+    windows = [idx[s : s + wdocs] for s in range(0, len(idx), wdocs)]
+    mine = list(range(dist.rank, len(windows), dist.world))
+
+    tokens_per_step = rows_per_batch * max_len * dist.world
+    if check_every == "auto":
+        check_every = CHECK_EVERY_D_FF * max(widths.values())
+    check_steps = max(1, round(int(check_every) / tokens_per_step)) if check_every else None
+    if converge is not None and check_steps is None:
+        raise ValueError("converge needs check_every (the interval between the compared checkpoints)")
+    files = checkpoint_files(checkpoint, dist.rank, dist.world) if checkpoint is not None else None
+    ckpt_steps = None
+    if files is not None and checkpoint_every:
+        unit = check_steps or 1
+        ckpt_steps = unit * max(1, math.ceil(int(checkpoint_every) / tokens_per_step / unit))
+    sync_steps = check_steps or ckpt_steps
+    budget = math.ceil(max_tokens / dist.world) if max_tokens else None
+
+    # what fixes the sums (the stopping rules, converge and max_tokens, may change on resume)
+    cfg = {
+        "layers": layer_names,
+        "dtype": str(dtype).replace("torch.", ""),
+        "model_dtype": str(model_dtype).replace("torch.", ""),
+        "model_fingerprint": model_fingerprint(model),
+        "tokenizer": f"{type(tok).__name__}:{getattr(tok, 'name_or_path', '')}:{len(tok)}",
+        "corpus": source.name,
+        "corpus_documents": len(source),
+        "n_samples": n_samples,
+        "max_len": max_len,
+        "rows_per_batch": rows_per_batch,
+        "window_docs": wdocs,
+        "rank": dist.rank,
+        "world": dist.world,
+        "check_steps": check_steps,
+        "checkpoint_steps": ckpt_steps,
+        **(config or {}),
+    }
+
+    state = _resume_state(files, cfg, layer_names, acc_device, dist) if (files is not None and resume) else None
+    if state is None:
+        accs = {n: torch.zeros((widths[n], widths[n]), dtype=dtype, device=acc_device[n]) for n in layer_names}
+        state = PartialState(config=cfg, step=0, window=0, batch=0, count=0, documents=0, rows=0, padding=0, seconds=0.0)
+    else:
+        accs = state.accs
+        log.info("resuming statistics from %s: %d tokens, step %d", files.current.parent, state.count, state.step)
+    resumed = None if state.step == 0 else {"step": state.step, "tokens": None, "seconds": state.seconds}
+    snaps: dict[str, torch.Tensor] | None = None
+    if check_steps is not None and state.curve:
+        snaps = {n: a.clone() for n, a in accs.items()}  # a checkpoint is always taken at a check
+
+    valid_by_device: dict[torch.device, torch.Tensor] = {}
+
+    def make_hook(name: str):
+        def hook(_mod, args, kwargs):
+            x = args[0] if args else next(iter(kwargs.values()))
+            acc = accs[name]
+            if x.device != acc.device:  # device_map: keys live where their layer does
+                x = x.to(acc.device)
+            v = valid_by_device.get(acc.device)
+            if v is None:
+                v = valid_by_device[acc.device] = next(iter(valid_by_device.values())).to(acc.device)
+            ops.second_moment_accumulate_(acc, x, v)
+            if name == last:
+                raise StopForward
+
+        return hook
+
+    def prepare(wpos: int) -> list[PackedBatch]:
+        texts = [source.docs[i] for i in windows[mine[wpos]]]
+        if texts and not isinstance(texts[0], str):  # already token ids
+            ids = [list(t[:max_len]) for t in texts]
+        else:
+            with region("stats/tokenize"):
+                ids = tok(texts, truncation=True, max_length=max_len, add_special_tokens=True)["input_ids"]
+        return pack_documents(ids, max_len, rows_per_batch, pad_id)
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastedit-tokenize")
+    seen = {"windows": 0, "tokens": 0}
+
+    def batches_from(wpos0: int, b0: int):
+        fut = pool.submit(prepare, wpos0) if wpos0 < len(mine) else None
+        for wpos in range(wpos0, len(mine)):
+            batches = fut.result()
+            fut = pool.submit(prepare, wpos + 1) if wpos + 1 < len(mine) else None
+            seen["windows"] += 1
+            seen["tokens"] += sum(b.tokens for b in batches)
+            for b in range(b0 if wpos == wpos0 else 0, len(batches)):
+                yield wpos, b, batches[b]
+
+    show = progress and dist.is_main
+    bar = tqdm(total=None, initial=state.count, unit="tok", unit_scale=True, disable=not show, desc=desc, smoothing=0.1)
+    handles = [modules[n].register_forward_pre_hook(make_hook(n), with_kwargs=True) for n in layer_names]
+    stop_reason = "corpus"
+    count_start, t0 = state.count, time.perf_counter()
+    last_sync = state.step
+    done = state.window >= len(mine) or (budget is not None and state.count >= budget)
+
+    def sync(all_local_done: bool) -> bool:
+        """A check point: curve, convergence, checkpoint. Returns whether the pass ends here."""
+        nonlocal snaps, stop_reason, last_sync
+        last_sync = state.step
+        changes = {}
+        if check_steps is not None:
+            for n, acc in accs.items():
+                if snaps is None:
+                    changes[n] = math.inf
+                elif state.count == state.last_check_count:
+                    changes[n] = 0.0
+                else:
+                    changes[n] = _rel_change(acc, state.count, snaps[n], state.last_check_count)
+        mine_msg = (state.count, bool(all_local_done), [changes.get(n, 0.0) for n in layer_names])
+        gathered = dist.all_gather_object(mine_msg)
+        total = sum(g[0] for g in gathered)
+        all_done = all(g[1] for g in gathered)
+        stop = all_done
+        if check_steps is not None and state.curve and total == state.curve[-1]["tokens"]:
+            pass  # nothing new anywhere (idle ranks waiting for the last one): no point to record
+        elif check_steps is not None:
+            worst = {n: max(g[2][i] for g in gathered) for i, n in enumerate(layer_names)}
+            point = {"tokens": total, "rel_change": {n: (None if math.isinf(v) else v) for n, v in worst.items()}}
+            state.curve.append(point)
+            finite = [v for v in worst.values() if not math.isinf(v)]
+            if finite and show:
+                bar.set_postfix_str(f"ΔC {max(finite):.2e}", refresh=False)
+            if snaps is None:
+                snaps = {n: a.clone() for n, a in accs.items()}
+            else:
+                for n, a in accs.items():
+                    snaps[n].copy_(a)
+            state.last_check_count = state.count
+            if converge is not None and len(finite) == len(worst) and max(finite) < converge and not all_done:
+                stop_reason, stop = "converged", True
+        if not stop and ckpt_steps is not None and state.step % ckpt_steps == 0:
+            with region("stats/checkpoint"):
+                state.accs = accs
+                state.seconds = seconds_before + (time.perf_counter() - t0)
+                files.save(state, layer_names)
+        return stop
+
+    seconds_before = state.seconds
+    it = batches_from(state.window, state.batch)
+    try:
+        while True:
+            item = None if done else next(it, None)
+            if item is not None:
+                wpos, b, batch = item
+                valid_by_device.clear()
+                valid_by_device[in_device] = batch.valid.to(in_device, non_blocking=True)
+                ids = batch.input_ids.to(in_device, non_blocking=True)
+                kwargs = {}
+                if not batch.single:
+                    seg = batch.segments.to(in_device, non_blocking=True)
+                    kwargs["attention_mask"] = block_causal_mask(seg, kind, model_dtype)
+                    kwargs["position_ids"] = batch.position_ids().to(in_device, non_blocking=True)
+                with region("stats/forward"):
+                    try:
+                        model(input_ids=ids, use_cache=False, **kwargs)
+                    except StopForward:
+                        pass
+                state.step += 1
+                state.window, state.batch = wpos, b + 1
+                state.count += batch.tokens
+                state.documents += batch.documents
+                state.rows += batch.input_ids.shape[0]
+                state.padding += batch.padding
+                if show:
+                    if seen["windows"]:
+                        est = seen["tokens"] / seen["windows"] * len(mine)
+                        bar.total = int(min(est, budget) if budget else est)
+                    bar.update(batch.tokens)
+                if budget is not None and state.count >= budget:
+                    done, stop_reason = True, "max_tokens"
+                if sync_steps is not None and state.step % sync_steps == 0:
+                    if sync(done):
+                        break
+                continue
+            # nothing left on this rank
+            if not done:
+                done = True
+                state.window, state.batch = len(mine), 0
+            if not dist.active:
+                if check_steps is not None and state.step != last_sync:
+                    sync(True)
+                break
+            if sync_steps is None:
+                break
+            # an idle rank still takes part in every check until all ranks are done
+            state.step = (last_sync // sync_steps + 1) * sync_steps
+            if sync(True):
+                break
+    finally:
+        for h in handles:
+            h.remove()
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    seconds = time.perf_counter() - t0
+
+    # the one reduction of the sums: float64, so the result does not depend on the ranks' order
+    counts = torch.tensor(
+        [state.count, state.documents, state.rows, state.padding, state.count - count_start], dtype=torch.float64
+    )
+    dist.all_reduce_(counts)
+    for n, acc in accs.items():
+        ops.symmetrize_(acc)
+        if dist.active:
+            wide = acc.to(torch.float64)
+            dist.all_reduce_(wide)
+            accs[n] = wide.to(dtype)
+    total, documents, n_rows, padding, this_run = (int(v) for v in counts.tolist())
+    reasons = dist.all_gather_object(stop_reason)
+    stop_reason = "converged" if "converged" in reasons else ("max_tokens" if "max_tokens" in reasons else "corpus")
+    if total == 0:
+        raise ValueError(f"statistics source {source.name} gave no tokens")
+    if resumed is not None:
+        resumed["tokens"] = total - this_run
+    report = CollectionReport(
+        tokens=total, documents=documents, rows=n_rows, padding=padding, seconds=seconds,
+        seconds_total=seconds_before + seconds, tokens_this_run=this_run, tokens_per_s=this_run / max(seconds, 1e-9),
+        stop_reason=stop_reason, curve=state.curve, resumed_from=resumed, world_size=dist.world, layers=layer_names,
+        dtype=cfg["dtype"], model_dtype=cfg["model_dtype"], max_len=max_len, rows_per_batch=rows_per_batch,
+        corpus=source.name, checkpoints=[str(p) for p in files.existing()] if files is not None else [],
+    )
+    log.info(
+        "statistics: %d tokens from %d documents in %.1f s (%.0f tokens/s, %.1f%% of computed positions real), stop: %s",
+        total, documents, seconds, report.tokens_per_s, 100 * report.fill, stop_reason,
+    )
+    stats = {
+        n: SecondMoment(mom2=acc.cpu(), count=total, sample_size=n_samples, meta={"documents": documents})
+        for n, acc in accs.items()
+    }
+    return Collection(stats=stats, report=report, checkpoint=files)
+
+
+def _resume_state(
+    files: CheckpointFiles, cfg: dict[str, Any], layers: list[str], acc_device, dist: DistContext
+) -> PartialState | None:
+    """The newest checkpoint every rank holds (ranks may be one checkpoint apart when killed), or None."""
+    steps: dict[int, Path] = {}
+    error = None
+    for path in files.existing():
+        try:
+            st = files.check(path, cfg)
+        except StatsMismatchError as e:
+            error = str(e)
+            break
+        except Exception as e:  # unreadable (should not happen: files are renamed into place)
+            log.warning("ignoring unreadable checkpoint %s (%s)", path, e)
+            continue
+        steps[int(st["step"])] = path
+    gathered = dist.all_gather_object((sorted(steps), error))
+    errors = [e for _, e in gathered if e]
+    if errors:
+        raise StatsMismatchError(errors[0])
+    common = set(gathered[0][0])
+    for s, _ in gathered[1:]:
+        common &= set(s)
+    if not common:
+        if any(s for s, _ in gathered):
+            log.warning("checkpoints of the ranks do not meet at a common step: starting afresh")
+        return None
+    step = max(common)
+    return files.load(steps[step], layers, acc_device)
+
+
 def collect_second_moments(
     model,
     tok,
@@ -40,73 +496,10 @@ def collect_second_moments(
     max_len: int | None = None,
     batch_tokens: int | None = None,
     progress: bool = True,
+    **options,
 ) -> dict[str, SecondMoment]:
-    """Σ k kᵀ and token counts for the inputs of ``layer_names`` (the edited projections), over the
-    reference's sample of ``n_samples`` documents of ``source``. Returns name → SecondMoment with
-    ``mom2`` in ``dtype`` on the CPU."""
-    device = next(model.parameters()).device
-    max_len = max_len or adapter.max_positions(model)
-    batch_tokens = batch_tokens or 3 * max_len
-    order = {name: i for i, name in enumerate(n for n, _ in model.named_modules())}
-    missing = [n for n in layer_names if n not in order]
-    if missing:
-        raise LookupError(f"model has no module(s) {missing}")
-    last = max(layer_names, key=order.__getitem__)
-
-    idx = source.sample_indices(n_samples)
-    docs = []
-    with region("stats/tokenize"):
-        for i in idx:
-            ids = tok.encode(source.docs[i], truncation=True, max_length=max_len)
-            if ids:
-                docs.append(ids)
-    docs.sort(key=len, reverse=True)
-    batches, cur, width = [], [], 0
-    for ids in docs:
-        if cur and width * (len(cur) + 1) > batch_tokens:
-            batches.append(cur)
-            cur = []
-        if not cur:
-            width = len(ids)
-        cur.append(ids)
-    if cur:
-        batches.append(cur)
-
-    accs: dict[str, torch.Tensor] = {}
-    count = 0
-    total = sum(len(d) for d in docs)
-    bar = tqdm(total=total, unit="tok", unit_scale=True, disable=not progress, desc="statistics")
-    t0 = time.perf_counter()
-    for batch in batches:
-        w = len(batch[0])
-        ids = torch.full((len(batch), w), tok.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((len(batch), w), dtype=torch.long)
-        for r, d in enumerate(batch):
-            ids[r, : len(d)] = torch.tensor(d)
-            mask[r, : len(d)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        valid = mask.bool()
-        with region("stats/forward"):
-            with record(model, inputs=list(layer_names), stop_after=last) as rec:
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
-        with region("stats/accumulate"):
-            for name in layer_names:
-                x = rec.inputs[name]  # (batch, seq, d_ff)
-                if name not in accs:
-                    accs[name] = torch.zeros((x.shape[-1], x.shape[-1]), dtype=dtype, device=device)
-                # lower triangle only until the end (symmetric rank-k update)
-                ops.second_moment_accumulate_(accs[name], x, valid)
-        n_tok = int(valid.sum())
-        count += n_tok
-        bar.update(n_tok)
-    bar.close()
-    for acc in accs.values():
-        ops.symmetrize_(acc)
-    secs = time.perf_counter() - t0
-    log.info("statistics: %d tokens from %d documents in %.1f s (%.0f tokens/s)", count, len(docs), secs, count / max(secs, 1e-9))
-    if count == 0:
-        raise ValueError(f"statistics source {source.name} gave no tokens")
-    return {
-        name: SecondMoment(mom2=acc.cpu(), count=count, sample_size=n_samples, meta={"documents": len(docs)})
-        for name, acc in accs.items()
-    }
+    """:func:`collect`, returning only name → :class:`SecondMoment` (``mom2`` in ``dtype`` on the CPU)."""
+    return collect(
+        model, tok, adapter, layer_names, source, n_samples, dtype=dtype, max_len=max_len, batch_tokens=batch_tokens,
+        progress=progress, **options,
+    ).stats
