@@ -14,6 +14,7 @@
 #   --quick       benchmark only the goal shapes
 #   --budget S    total wall-clock budget in seconds (default 470)
 #   --skip-build  use the extension already built in place
+#   --skip-hooks  leave out the end-to-end benchmarks (the report keeps their last JSON, if any)
 #   --out DIR     also copy the result files (JSON, table, CSV, logs as one .tar.gz) into DIR
 # Environment: PYTHON (default python3), MAX_JOBS (default: number of CPUs), FASTEDIT_CUDA_ARCHS.
 set -u
@@ -29,6 +30,7 @@ reserve=15  # kept back for the report
 dry_run=0
 quick=0
 skip_build=0
+skip_hooks=0
 out_dir=""
 
 while [ $# -gt 0 ]; do
@@ -36,6 +38,7 @@ while [ $# -gt 0 ]; do
     --dry-run) dry_run=1 ;;
     --quick) quick=1 ;;
     --skip-build) skip_build=1 ;;
+    --skip-hooks) skip_hooks=1 ;;
     --budget) shift; total_budget="${1:?--budget needs a number of seconds}" ;;
     --out) shift; out_dir="${1:?--out needs a directory}" ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
@@ -116,18 +119,18 @@ step extension 30 "$PY" -c 'import torch; from fastedit import _ext; m = _ext.lo
 
 # --- 2. GPU tests -------------------------------------------------------------------------------------
 xdist=()
-if "$PY" -c 'import xdist' 2>/dev/null; then xdist=(-n 4); fi  # parallel Triton compiles
-step kernel_tests 150 "$PY" -m pytest tests/kernels -m gpu -q -rfEs ${xdist[@]+"${xdist[@]}"} -p no:cacheprovider \
+if "$PY" -c 'import xdist' 2>/dev/null; then xdist=(-n 8); fi  # parallel Triton compiles
+step kernel_tests 120 "$PY" -m pytest tests/kernels -m gpu -q -rfEs ${xdist[@]+"${xdist[@]}"} -p no:cacheprovider \
   --junitxml="$results/gpu_suite_kernel_tests.xml"
 # importing fastedit must not initialise CUDA: only meaningful where CUDA exists
-step import_tests 40 "$PY" -m pytest tests/test_import.py -q -rfEs -p no:cacheprovider \
+step import_tests 90 "$PY" -m pytest tests/test_import.py -q -rfEs -p no:cacheprovider \
   --junitxml="$results/gpu_suite_import_tests.xml"
 step other_gpu_tests 90 "$PY" -m pytest tests -m gpu --ignore=tests/kernels --ignore=tests/test_import.py -q -rfEs \
   -p no:cacheprovider --junitxml="$results/gpu_suite_other_tests.xml"
 
 # --- 3. kernel microbenchmarks -----------------------------------------------------------------------
 left=$(( total_budget - reserve - $(elapsed) ))
-bench_budget=$(( left < 150 ? left : 150 ))
+bench_budget=$(( left < 110 ? left : 110 ))
 # the script stops starting new cases 30 s before its step's budget ends (and saves after each case)
 bench_args=(--json "$results/kernels_gpu.json" --budget-s $(( bench_budget > 40 ? bench_budget - 30 : 10 )))
 [ "$quick" = 1 ] && bench_args+=(--quick)
@@ -137,8 +140,10 @@ step bench_kernels "$bench_budget" "$PY" benchmarks/bench_kernels.py "${bench_ar
 # Each is called with FASTEDIT_GPU_SUITE=1 and FASTEDIT_RESULTS_DIR=benchmarks/results and should
 # write its own JSON there (bench_stats.json, bench_edit.json), which the report below picks up.
 for hook in bench_stats bench_edit; do
+  [ "$skip_hooks" = 1 ] && break
+  case "$hook" in bench_edit) hook_budget=170 ;; *) hook_budget=100 ;; esac
   if [ -f "benchmarks/$hook.py" ]; then
-    step "$hook" 120 env FASTEDIT_GPU_SUITE=1 FASTEDIT_RESULTS_DIR="$results" "$PY" "benchmarks/$hook.py"
+    step "$hook" "$hook_budget" env FASTEDIT_GPU_SUITE=1 FASTEDIT_RESULTS_DIR="$results" "$PY" "benchmarks/$hook.py"
   else
     echo "gpu_suite: hook $hook: benchmarks/$hook.py not present, skipped" >&2
     printf '%s\tnot present\t-1\t0\t\n' "$hook" >> "$steps_tsv"
@@ -239,9 +244,10 @@ print("\n".join(md))
 PYEOF
 if [ -n "$out_dir" ]; then
   mkdir -p "$out_dir"
-  for f in gpu_suite.json gpu_suite.md kernels_gpu.json kernels.csv compensated_update.json; do
+  for f in gpu_suite.json gpu_suite.md kernels_gpu.json kernels.csv bench_stats.json bench_edit.json; do
     [ -f "$results/$f" ] && cp "$results/$f" "$out_dir/"
   done
-  tar -czf "$out_dir/gpu_suite_logs.tar.gz" -C "$results" gpu_suite_logs $(cd "$results" && ls gpu_suite_*.xml 2>/dev/null)
+  tar -czf "$out_dir/gpu_suite_logs.tar.gz" -C "$results" gpu_suite_logs \
+    $(cd "$results" && ls gpu_suite_*.xml compensated_update.json 2>/dev/null)
 fi
 echo "gpu_suite: done in $(elapsed)s; results in $results/gpu_suite.json and gpu_suite.md" >&2

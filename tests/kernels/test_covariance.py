@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from gating import backend_params, gpu_test, requires_ext_cuda, requires_triton_gpu
-from kernel_testing import assert_within_rule
+from kernel_testing import assert_within_rule, rel_frobenius
 
 from fastedit import ops
 from fastedit.kernels.covariance import second_moment_reference, symmetrize_
@@ -150,4 +150,32 @@ def test_large_gpu_shapes(backend, x_dtype):
     expected = second_moment_reference(x.cpu(), valid.cpu(), acc0.cpu(), dtype=torch.float64)
     part = second_moment_reference(x, valid, None, dtype=torch.float32)
     baseline = _sym(acc0) + part
-    assert_within_rule(acc, expected, baseline, torch.float32, f"{backend} large")
+    if x_dtype == torch.float32:
+        assert_within_rule(acc, expected, baseline, torch.float32, f"{backend} large")
+    else:
+        # bf16 inputs go through tensor cores, whose float32 accumulation is not correctly rounded
+        # (plain torch's baseline upcasts and uses fp32 FMA): allow the error of a sequential float32
+        # sum over the 2049 rows, 4·sqrt(rows)·2⁻²⁴, on top of the rule
+        err = rel_frobenius(acc, expected)
+        bound = 2 * rel_frobenius(baseline, expected) + 4 * 2049**0.5 * 2.0**-24
+        assert err <= bound, f"{backend} large bf16: relative error {err:.3e} > {bound:.3e}"
+
+
+@pytest.mark.parametrize("device,backend", [p for p in BACKENDS if "triton" in str(p.values)])
+@pytest.mark.parametrize("group", [2, 3])
+def test_super_block_ordering_covers_the_lower_triangle(device, backend, group, monkeypatch):
+    """The GPU's super-block program order (FASTEDIT_SYRK_GROUP), with a block count that is not a
+    multiple of the group: every lower block is computed once, nothing above the diagonal is touched."""
+    monkeypatch.setenv("FASTEDIT_SYRK_GROUP", str(group))
+    x, _, _ = _inputs(40, 150, torch.float32, torch.float32, False, device, seed=7)
+    acc = torch.full((150, 150), 5.0, dtype=torch.float32, device=x.device)
+    with ops.use_backend(backend):
+        ops.second_moment_accumulate_(acc, x)
+    expected = 5.0 + second_moment_reference(x, None, None, dtype=torch.float64)
+    lower = torch.tril(torch.ones(150, 150, dtype=torch.bool, device=x.device))
+    block = 32 if x.device.type == "cpu" else 64  # the launcher's block width for d = 150, float32
+    upper_blocks = torch.ones_like(lower)
+    for i in range(0, 150, block):
+        upper_blocks[i : i + block, : i + block] = False
+    assert torch.allclose(acc[lower].double(), expected[lower], rtol=1e-5, atol=1e-4)
+    assert torch.all(acc[upper_blocks] == 5.0)

@@ -75,10 +75,11 @@ def test_float64_weights(device, backend):
     if backend == "triton":
         pytest.skip("the Triton kernel updates float32/bfloat16/float16 weights")
     W0, g = _weights((9, 14), torch.float64, device)
-    U, V = torch.randn(9, 2, generator=g, dtype=torch.float64), torch.randn(14, 2, generator=g, dtype=torch.float64)
+    U = torch.randn(9, 2, generator=g, dtype=torch.float64).to(device)
+    V = torch.randn(14, 2, generator=g, dtype=torch.float64).to(device)
     W = W0.clone()
     with ops.use_backend(backend):
-        ops.lowrank_update_(W, U.to(device), V.to(device))
+        ops.lowrank_update_(W, U, V)
     expected = lowrank_update_reference(W0, U, V)
     assert_within_rule(W, expected, expected, torch.float64, f"{backend} float64")
 
