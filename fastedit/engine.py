@@ -1,51 +1,98 @@
-"""EditSession: the state that lives across many edits of one model.
+"""EditSession: the state that lives across thousands of edits of one model.
 
 A session owns the model's method state: the hyperparameters, the context templates (sampled once,
 at the first edit, from the model as it is then, or supplied), the second-moment statistics and what
-is derived from them (ROME's inverse per layer), and the history of applied edits. Each call to
-:meth:`EditSession.apply` edits the model in place and returns an :class:`EditResult`.
+is derived from them (ROME's C⁻¹, MEMIT's Cholesky factor of λC per layer, on the layer's device),
+compensation buffers for low-precision weights, and a journal of every applied edit as its low-rank
+factors with its requests. Each :meth:`EditSession.apply` edits the model in place and returns an
+:class:`EditResult`.
 
-An edit is a transaction: if anything fails (an exception, a non-finite update, Ctrl-C) the edited
-weights are put back exactly as they were before it.
+* **Modes.** ``"exact"`` (default) reproduces the reference updates. ``"fast"`` switches on the
+  options of :class:`FastOptions` (each can also be set by name in either mode).
+* **Transactions.** If an edit fails anywhere (an exception, a failed solve, a non-finite update,
+  Ctrl-C) the edited weights are put back exactly as they were before it.
+* **Journal.** :meth:`undo` removes one edit exactly (the weights become the original weights plus
+  the float64 sum of the remaining edits' updates); :meth:`save` / :meth:`load` store and restore a
+  session (safetensors and JSON, no pickle); :meth:`export_pack` writes the edits as a small edit
+  pack that :func:`apply_edit_pack` applies to the base model.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from . import ops
 from .hparams import HyperParams, HyperParamsError, load_hparams
-from .methods.base import LowRankUpdate, MethodOutput
-from .methods.memit import memit_updates
+from .methods.base import LowRankUpdate, MethodOutput, apply_update
+from .methods.memit import WoodburySolver, memit_updates
 from .methods.rome import rome_updates
 from .methods.templates import memit_templates, rome_templates
 from .models.adapters import get_adapter, get_module
 from .profiling import PhaseTimer, region
 from .requests import EditRequest, as_requests
+from .stats.cache import model_fingerprint
 from .stats.store import SecondMomentStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EditSession", "EditResult", "EditFailedError"]
+__all__ = ["EditSession", "EditResult", "EditFailedError", "FastOptions", "apply_edit_pack", "SESSION_FORMAT"]
+
+SESSION_FORMAT = "fastedit-session/1"
+PACK_FORMAT = "fastedit-edit-pack/1"
 
 
 class EditFailedError(RuntimeError):
     """An edit could not be completed; the model is unchanged."""
 
 
+@dataclass(frozen=True)
+class FastOptions:
+    """What fast mode changes. ``EditSession(mode="fast")`` switches all on; in exact mode all are
+    off. Either mode takes overrides by name: ``EditSession(..., options={"early_stop": False})``.
+
+    * ``early_stop``: ENCORE's most-probable early stopping of the target optimisation, after
+      ``early_stop_patience`` passes at which every target token is the argmax.
+    * ``low_precision``: the layers above the edit layer run in ``low_precision_dtype`` under autocast
+      during the optimisation (CUDA only; ignored on CPU, where bf16 matmuls are slower).
+    * ``compensated_update``: bf16/fp16 edited weights get a float32 compensation buffer, so small
+      updates are not lost to rounding over thousands of edits.
+    """
+
+    early_stop: bool = False
+    early_stop_patience: int = 2
+    low_precision: bool = False
+    low_precision_dtype: str = "bfloat16"
+    compensated_update: bool = False
+
+    @classmethod
+    def for_mode(cls, mode: str, overrides: Mapping[str, Any] | None = None) -> "FastOptions":
+        if mode not in ("exact", "fast"):
+            raise ValueError(f"mode must be 'exact' or 'fast', got {mode!r}")
+        base = cls(early_stop=True, low_precision=True, compensated_update=True) if mode == "fast" else cls()
+        unknown = set(overrides or {}) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(f"unknown fast-mode option(s) {sorted(unknown)}; options: {sorted(cls.__dataclass_fields__)}")
+        return replace(base, **(overrides or {}))
+
+
 @dataclass
 class EditResult:
     """What one :meth:`EditSession.apply` call did.
 
-    ``update_norms``: Frobenius norm of ΔW per edited weight. ``times``: seconds per phase
-    (``target/forward``, ``keys``, ``solve``, ...; ``total`` is the wall time of the call).
-    ``loss_curves``: per request, the total loss at each iteration of its target optimisation.
+    ``edit_id`` names the edit in the journal (for :meth:`EditSession.undo`). ``update_norms``:
+    Frobenius norm of ΔW per edited weight. ``times``: seconds per phase (``target/forward``,
+    ``keys``, ``solve``, ...; ``total`` is the wall time of the call). ``loss_curves``: per request,
+    the total loss at each iteration of its target optimisation.
     """
 
+    edit_id: int
     ids: list[Any]
     method: str
     updates: list[LowRankUpdate]
@@ -56,7 +103,18 @@ class EditResult:
 
     def summary(self) -> str:
         norms = ", ".join(f"{k}: {v:.3g}" for k, v in self.update_norms.items())
-        return f"{self.method} edit of {len(self.ids)} request(s) in {self.times.get('total', 0):.2f} s; ‖ΔW‖ {norms}"
+        return f"{self.method} edit #{self.edit_id} of {len(self.ids)} request(s) in {self.times.get('total', 0):.2f} s; ‖ΔW‖ {norms}"
+
+
+@dataclass
+class JournalEntry:
+    """One applied edit: its requests and its updates as factors (on the CPU)."""
+
+    edit_id: int
+    requests: list[EditRequest]
+    updates: list[LowRankUpdate]
+    active: bool = True
+    times: dict[str, float] = field(default_factory=dict)
 
 
 class EditSession:
@@ -64,10 +122,12 @@ class EditSession:
 
     ``method``: ``"rome"``, ``"r-rome"`` or ``"memit"``. ``hparams``: a preset name
     (``"smollm2-135m"``), a reference hparams JSON path, a dict or a hyperparameter object.
+    ``mode``: ``"exact"`` or ``"fast"``; ``options``: :class:`FastOptions` overrides by name.
     ``templates``: context templates to use instead of sampling them (ROME: a flat list starting with
     ``"{}"``; MEMIT: a list of groups, ``[["{}"], [...]]``). ``stats_dir`` / ``stats_source``: where
     statistics caches live and what text to compute missing ones from (``stats_max_len`` truncates its
-    documents).
+    documents). ``solver``: MEMIT's solve, ``"cholesky"`` (Woodbury through a cached factor of λC,
+    the default) or ``"lu"`` (the reference's dense solve per edit).
     """
 
     def __init__(
@@ -77,12 +137,15 @@ class EditSession:
         method: str = "memit",
         hparams: str | Mapping | HyperParams | None = None,
         *,
+        mode: str = "exact",
+        options: Mapping[str, Any] | None = None,
         templates: Sequence | None = None,
         seed: int = 0,
         stats_dir=None,
         stats_source=None,
         stats_max_len: int | None = None,
         model_name: str | None = None,
+        solver: str = "cholesky",
         progress: bool = True,
     ) -> None:
         self.model, self.tok = model, tok
@@ -94,6 +157,11 @@ class EditSession:
         self._validate_hparams()
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
+        self.mode = mode
+        self.options = FastOptions.for_mode(mode, options)
+        if solver not in ("cholesky", "lu"):
+            raise ValueError(f"solver must be 'cholesky' or 'lu', got {solver!r}")
+        self.solver_kind = solver
         self.seed = seed
         self._templates = _check_templates(self.method, templates) if templates is not None else None
         self.stats = SecondMomentStore(
@@ -101,6 +169,11 @@ class EditSession:
             model_name=model_name, max_len=stats_max_len, progress=progress,
         )
         self._inverse: dict[int, torch.Tensor] = {}
+        self._woodbury: WoodburySolver | None = None
+        self._base: dict[str, torch.Tensor] = {}  # original edited weights, on the CPU
+        self._comp: dict[str, torch.Tensor] = {}  # compensation buffers of low-precision weights
+        self.journal: list[JournalEntry] = []
+        self._next_id = 0
         self.history: list[EditResult] = []
 
     # ------------------------------------------------------------------ templates and statistics
@@ -130,20 +203,59 @@ class EditSession:
             self._inverse[layer] = inv
         return self._inverse[layer]
 
-    # ------------------------------------------------------------------ editing
+    def _memit_solver(self):
+        if self.solver_kind == "lu":
+            return None  # memit_updates' default: the reference's LU solve
+        if self._woodbury is None:
+            dtype = getattr(torch, self.hp.solve_dtype) if self.hp.solve_dtype else torch.float64
+            self._woodbury = WoodburySolver(self.stats.second_moment, self.hp.mom2_update_weight, dtype)
+        return self._woodbury
+
+    # ------------------------------------------------------------------ weights
     def edited_weights(self) -> dict[str, torch.nn.Parameter]:
         tmp = self.hp.rewrite_module_tmp or self.adapter.rewrite_module_tmp
         return {f"{tmp.format(l)}.weight": get_module(self.model, tmp.format(l)).weight for l in self.hp.layers}
 
+    def _remember_base(self) -> None:
+        for name, w in self.edited_weights().items():
+            if name not in self._base:
+                self._base[name] = w.detach().to("cpu", copy=True)
+            if (
+                self.options.compensated_update
+                and w.dtype in (torch.bfloat16, torch.float16)
+                and name not in self._comp
+            ):
+                self._comp[name] = ops.new_compensation(w)
+
+    def _apply_update(self, model, adapter, upd: LowRankUpdate) -> None:
+        """Write one update: the reference's dense cast-and-add, or the fused compensated update for
+        bf16/fp16 weights in fast mode."""
+        comp = self._comp.get(upd.weight_name)
+        if comp is None:
+            apply_update(model, adapter, upd)
+            return
+        w = get_module(model, upd.weight_name.rsplit(".", 1)[0]).weight
+        with torch.no_grad():
+            ops.lowrank_update_(
+                w,
+                upd.values_side.to(device=w.device, dtype=torch.float32),
+                upd.keys_side.to(device=w.device, dtype=torch.float32),
+                transpose=adapter.weight_is_in_out,
+                compensation=comp,
+            )
+
+    # ------------------------------------------------------------------ editing
     def apply(self, requests: Iterable[EditRequest | Mapping] | EditRequest | Mapping) -> EditResult:
-        """Edit the model with ``requests``: ROME-family methods one request after another, MEMIT as
-        one batch. Returns an :class:`EditResult`; raises :class:`EditFailedError` (model unchanged)
-        when the edit cannot be made."""
+        """Edit the model with ``requests``: ROME-family methods one request after another (one journal
+        entry for the call), MEMIT as one batch. Raises :class:`EditFailedError`, with the model
+        unchanged, when the edit cannot be made."""
         reqs = as_requests(requests)
         for r in reqs:
             r.check_tokens(self.tok)
+        self._remember_base()
         weights = self.edited_weights()
         backup = {k: w.detach().clone() for k, w in weights.items()}
+        comp_backup = {k: c.clone() for k, c in self._comp.items()}
         t0 = time.perf_counter()
         try:
             with PhaseTimer() as timer:
@@ -162,28 +274,35 @@ class EditSession:
             with torch.no_grad():
                 for k, w in weights.items():
                     w.copy_(backup[k])
+                for k, c in self._comp.items():
+                    c.copy_(comp_backup[k])
             if isinstance(e, (EditFailedError, KeyboardInterrupt)):
                 raise
             raise EditFailedError(f"edit of {[r.name for r in reqs]} failed, model restored: {e}") from e
         times = timer.as_dict()
         times["total"] = time.perf_counter() - t0
-        norms: dict[str, float] = {}
-        for k, w in weights.items():
-            d = (w.detach().double() - backup[k].double()).norm().item()
-            norms[k] = d
+        norms = {k: float((w.detach().double() - backup[k].double()).norm()) for k, w in weights.items()}
         curves = []
         for t in out.info.get("target", []):
             for j in range(t.losses.shape[1] if t.losses.ndim == 2 else 0):
                 col = t.losses[:, j]
                 curves.append([float(x) for x in col[~torch.isnan(col)]])
+        edit_id = self._next_id
+        self._next_id += 1
+        cpu_updates = [
+            LowRankUpdate(u.weight_name, u.layer, u.keys_side.detach().cpu(), u.values_side.detach().cpu())
+            for u in out.updates
+        ]
+        self.journal.append(JournalEntry(edit_id, reqs, cpu_updates, True, times))
         result = EditResult(
+            edit_id=edit_id,
             ids=[r.case_id for r in reqs],
             method=self.method,
             updates=out.updates,
             update_norms=norms,
             times=times,
             loss_curves=curves,
-            info={k: v for k, v in out.info.items() if k != "target"},
+            info={k: v for k, v in out.info.items() if k not in ("target", "z")},
         )
         self.history.append(result)
         return result
@@ -194,6 +313,7 @@ class EditSession:
         reqs = as_requests(requests)
         weights = self.edited_weights()
         backup = {k: w.detach().clone() for k, w in weights.items()}
+        comp_backup = {k: c.clone() for k, c in self._comp.items()}
         try:
             if self.method in ("rome", "r-rome"):
                 if len(reqs) != 1:
@@ -204,22 +324,191 @@ class EditSession:
             with torch.no_grad():
                 for k, w in weights.items():
                     w.copy_(backup[k])
+                for k, c in self._comp.items():
+                    c.copy_(comp_backup[k])
 
-    # ------------------------------------------------------------------ methods
+    def _target_options(self) -> dict:
+        opts = {}
+        if self.options.early_stop:
+            opts["early_stop_patience"] = self.options.early_stop_patience
+        device = next(self.model.parameters()).device
+        if self.options.low_precision and device.type == "cuda":
+            opts["autocast_dtype"] = getattr(torch, self.options.low_precision_dtype)
+        return opts
+
     def _rome(self, request: EditRequest) -> MethodOutput:
         templates = self.templates
         if self.hp.mom2_adjustment:
             self.stats.ensure(self.hp.layers)
-        return rome_updates(self.model, self.tok, self.adapter, request, self.hp, templates, self.inverse_second_moment)
+        return rome_updates(
+            self.model, self.tok, self.adapter, request, self.hp, templates, self.inverse_second_moment,
+            target_options=self._target_options(), apply=self._apply_update,
+        )
 
     def _memit(self, requests: list[EditRequest], precomputed_z=None) -> MethodOutput:
         groups = self.templates
         self.stats.ensure(self.hp.layers)
         return memit_updates(
             self.model, self.tok, self.adapter, requests, self.hp, groups, self.stats.second_moment,
-            precomputed_z=precomputed_z,
+            precomputed_z=precomputed_z, solver=self._memit_solver(), target_options=self._target_options(),
+            apply=self._apply_update,
         )
 
+    # ------------------------------------------------------------------ journal
+    def _entry(self, edit_id: int) -> JournalEntry:
+        for e in self.journal:
+            if e.edit_id == edit_id:
+                return e
+        raise KeyError(f"no edit #{edit_id} in this session's journal")
+
+    def undo(self, edit_id: int) -> None:
+        """Remove edit ``edit_id``: every edited weight becomes its original value plus the float64
+        sum of the updates of the edits still active, rounded once to the weight's dtype."""
+        entry = self._entry(edit_id)
+        if not entry.active:
+            raise ValueError(f"edit #{edit_id} was already undone")
+        entry.active = False
+        self._rebuild({u.weight_name for u in entry.updates})
+
+    def _rebuild(self, names: set[str]) -> None:
+        weights = self.edited_weights()
+        with torch.no_grad():
+            for name in names:
+                w = weights[name]
+                total = self._active_sum(name, w)  # float64, on w's device
+                w.copy_(total.to(w.dtype))
+                if name in self._comp:
+                    self._comp[name].copy_((total - w.double()).to(self._comp[name].dtype))
+
+    def _active_sum(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        """Original weight + Σ of the active edits' ΔW for ``name``, in float64 on w's device."""
+        total = self._base[name].to(device=w.device, dtype=torch.float64, copy=True)
+        ks = [u.keys_side for e in self.journal if e.active for u in e.updates if u.weight_name == name]
+        vs = [u.values_side for e in self.journal if e.active for u in e.updates if u.weight_name == name]
+        if ks:
+            k = torch.cat(ks, 1).to(device=w.device, dtype=torch.float64)
+            v = torch.cat(vs, 1).to(device=w.device, dtype=torch.float64)
+            total += self.adapter.delta_to_weight(k @ v.T, w)
+        return total
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the session to folder ``path``: ``session.json`` (method, mode, hparams, templates,
+        journal requests) and safetensors files with the journal's factors, the current edited
+        weights (bit for bit), their originals and any compensation buffers. No pickle."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        factors, journal = {}, []
+        for e in self.journal:
+            for j, u in enumerate(e.updates):
+                factors[f"{e.edit_id}/{j}/keys"] = u.keys_side.contiguous()
+                factors[f"{e.edit_id}/{j}/values"] = u.values_side.contiguous()
+            journal.append({
+                "edit_id": e.edit_id,
+                "active": e.active,
+                "requests": [_request_record(r) for r in e.requests],
+                "updates": [{"weight": u.weight_name, "layer": u.layer} for u in e.updates],
+                "times": e.times,
+            })
+        state = {
+            "format": SESSION_FORMAT,
+            "method": self.method,
+            "mode": self.mode,
+            "options": asdict(self.options),
+            "solver": self.solver_kind,
+            "hparams": self.hp.to_dict(),
+            "templates": self._templates,
+            "seed": self.seed,
+            "model": str(self.model.config._name_or_path),
+            "model_fingerprint": model_fingerprint(self.model),
+            "next_id": self._next_id,
+            "journal": journal,
+        }
+        # Written next to their final names and renamed, so an interrupted save leaves the last one whole.
+        _atomic_safetensors(path / "journal.safetensors", factors)
+        weights = {n: w.detach().cpu().contiguous() for n, w in self.edited_weights().items()}
+        weights.update({f"compensation/{n}": c.cpu().contiguous() for n, c in self._comp.items()})
+        _atomic_safetensors(path / "weights.safetensors", weights)
+        _atomic_safetensors(path / "base.safetensors", {n: b.contiguous() for n, b in self._base.items()})
+        tmp = path / "session.json.tmp"
+        tmp.write_text(json.dumps(state, indent=1) + "\n")
+        tmp.replace(path / "session.json")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model, tok, **session_options) -> "EditSession":
+        """Restore a session saved with :meth:`save` onto ``model``, which must be the session's base
+        model (unedited): its edited weights are checked against the saved originals, then set to the
+        saved edited weights bit for bit. ``session_options`` (``stats_dir``, ``stats_source``, ...)
+        go to the constructor."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        state = json.loads((path / "session.json").read_text())
+        if state.get("format") != SESSION_FORMAT:
+            raise ValueError(f"{path}: not a fastedit session (format {state.get('format')!r})")
+        fp = model_fingerprint(model)
+        if state["model_fingerprint"] != fp:
+            raise ValueError(
+                f"{path}: the session was saved for model {state['model']!r} ({state['model_fingerprint']}), "
+                f"not this one ({fp})"
+            )
+        sess = cls(
+            model, tok, state["method"], state["hparams"], mode=state["mode"],
+            options={k: v for k, v in state["options"].items()}, templates=state["templates"],
+            seed=state["seed"], solver=state.get("solver", "cholesky"), **session_options,
+        )
+        base = load_file(str(path / "base.safetensors"))
+        weights = load_file(str(path / "weights.safetensors"))
+        factors = load_file(str(path / "journal.safetensors"))
+        current = sess.edited_weights()
+        with torch.no_grad():
+            for name, w in current.items():
+                if name in base and not torch.equal(w.detach().cpu(), base[name]):
+                    raise ValueError(f"{path}: {name} of this model differs from the session's original weights")
+            for name, w in current.items():
+                if name in weights:
+                    w.copy_(weights[name].to(w.device))
+        sess._base = {n: b for n, b in base.items()}
+        sess._comp = {
+            n[len("compensation/"):]: t.to(current[n[len("compensation/"):]].device)
+            for n, t in weights.items()
+            if n.startswith("compensation/")
+        }
+        for e in state["journal"]:
+            updates = [
+                LowRankUpdate(u["weight"], u["layer"], factors[f"{e['edit_id']}/{j}/keys"], factors[f"{e['edit_id']}/{j}/values"])
+                for j, u in enumerate(e["updates"])
+            ]
+            reqs = [EditRequest.from_dict(r) for r in e["requests"]]
+            sess.journal.append(JournalEntry(e["edit_id"], reqs, updates, e["active"], e.get("times", {})))
+        sess._next_id = state["next_id"]
+        return sess
+
+    def export_pack(self, path: str | Path) -> Path:
+        """Write the active edits as an edit pack: per edited weight, the concatenated factors
+        (keys (d_ff, R), values (d_model, R), float32) with the model's fingerprint. Applied to the
+        base model by :func:`apply_edit_pack`."""
+        tensors, meta = {}, {}
+        for name in self.edited_weights():
+            ks = [u.keys_side for e in self.journal if e.active for u in e.updates if u.weight_name == name]
+            vs = [u.values_side for e in self.journal if e.active for u in e.updates if u.weight_name == name]
+            if ks:
+                tensors[f"{name}/keys"] = torch.cat(ks, 1).float().contiguous()
+                tensors[f"{name}/values"] = torch.cat(vs, 1).float().contiguous()
+        meta = {
+            "format": PACK_FORMAT,
+            "method": self.method,
+            "model": str(self.model.config._name_or_path),
+            "model_fingerprint": model_fingerprint(self.model),
+            "edits": json.dumps([e.edit_id for e in self.journal if e.active]),
+            "weight_layout": "in_out" if self.adapter.weight_is_in_out else "out_in",
+        }
+        path = Path(path)
+        _atomic_safetensors(path, tensors, meta)
+        return path
+
+    # ------------------------------------------------------------------ checks
     def _validate_hparams(self) -> None:
         n = self.adapter.num_layers(self.model)
         bad = [l for l in self.hp.layers if not 0 <= l < n]
@@ -239,6 +528,50 @@ class EditSession:
                 get_module(self.model, name)
             except LookupError as e:
                 raise HyperParamsError(f"{attr} {name!r} does not name a module of this model: {e}") from None
+
+
+def apply_edit_pack(model, path: str | Path) -> list[str]:
+    """Apply an edit pack written by :meth:`EditSession.export_pack` to ``model`` (its base model):
+    W += keys @ valuesᵀ in float64, rounded once to W's dtype. Returns the edited weight names."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("format") != PACK_FORMAT:
+        raise ValueError(f"{path}: not a fastedit edit pack")
+    fp = model_fingerprint(model)
+    if meta.get("model_fingerprint") != fp:
+        raise ValueError(f"{path}: the pack was made for model {meta.get('model')!r}, not this one")
+    adapter = get_adapter(model)
+    names = sorted({k.rsplit("/", 1)[0] for k in tensors})
+    with torch.no_grad():
+        for name in names:
+            w = get_module(model, name.rsplit(".", 1)[0]).weight
+            k = tensors[f"{name}/keys"].to(device=w.device, dtype=torch.float64)
+            v = tensors[f"{name}/values"].to(device=w.device, dtype=torch.float64)
+            w.copy_((w.double() + adapter.delta_to_weight(k @ v.T, w)).to(w.dtype))
+    return names
+
+
+def _atomic_safetensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def _request_record(r: EditRequest) -> dict:
+    out = r.to_reference_dict()
+    if r.paraphrase_prompts:
+        out["paraphrase_prompts"] = list(r.paraphrase_prompts)
+    if r.neighborhood_prompts:
+        out["neighborhood_prompts"] = list(r.neighborhood_prompts)
+    if r.neighborhood_answer:
+        out["neighborhood_answer"] = r.neighborhood_answer
+    return out
 
 
 def _default_preset(model) -> str:

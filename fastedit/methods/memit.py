@@ -9,50 +9,134 @@
      (0.5 · bare prompt + 0.5 · mean of the prefixed ones);
    * z_current: the block-L output for the bare request prompt at the lookup token;
    * R = (Z − z_current) / (number of layers left);
-   * ΔW_l = R adj_kᵀ with adj_k = solve(λC + KKᵀ, K), C the float32 statistics, the solve in float64;
+   * ΔW_l = R adj_kᵀ with adj_k = (λC + KKᵀ)⁻¹K (the reference solves it in float64 with LU; the
+     engine passes a Cholesky/Woodbury solver, see :class:`WoodburySolver`);
    * W_l += ΔW_l (cast to the weight's dtype) before the next layer.
+
+The keys and z_current of every layer come from the template prompts' activations: the first pass
+runs the model up to block L; after W_l changes, the next pass restarts from the residual stream
+entering block l (which the change cannot affect) instead of from the embeddings.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import Callable
+
 import torch
 
+from .. import ops
 from ..models.adapters import ModelAdapter
+from ..models.tracing import record
 from ..profiling import region
 from ..requests import EditRequest
 from .base import LowRankUpdate, MethodOutput, apply_update, resolve_dtype
-from .keys import lookup_index, read_at_positions
+from .keys import lookup_index, tokenize_batch
 from .target import compute_target_values
 
-__all__ = ["memit_updates", "memit_keys_and_current_z"]
+log = logging.getLogger(__name__)
+
+__all__ = ["memit_updates", "MemitKeyReader", "lu_solver", "WoodburySolver"]
+
+Solver = Callable[[int, torch.Tensor], torch.Tensor]
 
 
-def memit_keys_and_current_z(
-    model, tok, adapter: ModelAdapter, requests: list[EditRequest], hp, groups: list[list[str]], layer: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(K (d_ff, n) group-averaged keys at ``layer``, z_current (d_model, n) at the last edit layer)
-    from one forward pass over every request × template (template ``"{}"`` is the bare prompt)."""
-    rewrite = (hp.rewrite_module_tmp or adapter.rewrite_module_tmp).format(layer)
-    z_block = (hp.layer_module_tmp or adapter.layer_module_tmp).format(hp.layers[-1])
-    flat = [t for g in groups for t in g]
-    bare = flat.index("{}")
-    texts, pos = [], []
-    for req in requests:
-        for t in flat:
-            filled = t.format(req.prompt)
-            texts.append(filled.format(req.subject))
-            pos.append(lookup_index(tok, filled, req.subject, hp.fact_token, hp.subject_index_rule))
-    ins, outs = read_at_positions(model, tok, texts, pos, inputs=[rewrite], outputs=[z_block], stop_after=z_block)
-    n_t = len(flat)
-    keys = ins[rewrite].reshape(len(requests), n_t, -1)
-    bounds, start = [], 0
-    for g in groups:
-        bounds.append((start, start + len(g)))
-        start += len(g)
-    # mean within each group, then across groups, as the reference's compute_ks
-    k = torch.stack([keys[:, a:b].mean(1) for a, b in bounds], 1).mean(1)
-    z_cur = outs[z_block].reshape(len(requests), n_t, -1)[:, bare]
-    return k.T, z_cur.T
+class MemitKeyReader:
+    """Keys at each edit layer and z_current, for every request × template, read in passes that
+    restart from the first layer changed since the previous pass.
+
+    ``read(i)`` returns (K (d_ff, n) group-averaged keys at ``hp.layers[i]``, z_current
+    (d_model, n)); call it for i = 0, 1, ... in order, applying layer i's update in between.
+    """
+
+    def __init__(self, model, tok, adapter: ModelAdapter, requests: list[EditRequest], hp, groups) -> None:
+        self.model, self.adapter, self.hp, self.groups = model, adapter, hp, groups
+        flat = [t for g in groups for t in g]
+        self.n_req, self.n_t, self.bare = len(requests), len(flat), flat.index("{}")
+        texts, pos = [], []
+        for req in requests:
+            for t in flat:
+                filled = t.format(req.prompt)
+                texts.append(filled.format(req.subject))
+                pos.append(lookup_index(tok, filled, req.subject, hp.fact_token, hp.subject_index_rule))
+        device = next(model.parameters()).device
+        self.batch = tokenize_batch(tok, texts, device)
+        self.pos = torch.tensor(pos, device=device)
+        self.rows = torch.arange(len(texts), device=device)
+        self.block = hp.layer_module_tmp or adapter.layer_module_tmp
+        self.rewrite = hp.rewrite_module_tmp or adapter.rewrite_module_tmp
+        self.z_block = self.block.format(hp.layers[-1])
+        self._stream: torch.Tensor | None = None  # residual stream entering block hp.layers[i-1]
+
+    @torch.no_grad()
+    def read(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        layers = self.hp.layers
+        key_name = self.rewrite.format(layers[i])
+        # the stream entering the next pass's first layer, layers[i] (unchanged by W_{layers[i]})
+        keep = [self.block.format(layers[i] - 1)] if i + 1 < len(layers) and layers[i] > 0 else []
+        outputs = [self.z_block] + keep
+        with record(self.model, inputs=[key_name], outputs=outputs, stop_after=self.z_block) as rec:
+            if i == 0 or self._stream is None:
+                self.model(**self.batch.model_inputs(), use_cache=False)
+            else:
+                with self.adapter.upper_layers_only(self.model, layers[i - 1]) as base:
+                    base(inputs_embeds=self._stream, attention_mask=self.batch.attention_mask, use_cache=False)
+        if keep:
+            self._stream = rec.outputs[keep[0]]
+        elif i + 1 < len(layers):
+            self._stream = None  # layers[i] == 0: the next pass starts from the embeddings
+        keys = rec.inputs[key_name][self.rows, self.pos].reshape(self.n_req, self.n_t, -1)
+        bounds, start = [], 0
+        for g in self.groups:
+            bounds.append((start, start + len(g)))
+            start += len(g)
+        # mean within each group, then across groups, as the reference's compute_ks
+        k = torch.stack([keys[:, a:b].mean(1) for a, b in bounds], 1).mean(1)
+        z_cur = rec.outputs[self.z_block][self.rows, self.pos].reshape(self.n_req, self.n_t, -1)[:, self.bare]
+        return k.T, z_cur.T
+
+
+def lu_solver(second_moment, weight: float, dtype: torch.dtype) -> Solver:
+    """The reference's solve: ``torch.linalg.solve(λC + KKᵀ, K)`` (LU) in ``dtype``."""
+
+    def solve(layer: int, k: torch.Tensor) -> torch.Tensor:
+        c = second_moment(layer).to(dtype)
+        return torch.linalg.solve(weight * c + k @ k.T, k)
+
+    return solve
+
+
+class WoodburySolver:
+    """(λC + KKᵀ)⁻¹K through a Cholesky factor of λC kept per layer:
+
+        (A + KKᵀ)⁻¹K = A⁻¹K (I + KᵀA⁻¹K)⁻¹,  A = λC,
+
+    O(d_ff² n) per call after one O(d_ff³) factorisation per layer, instead of O(d_ff³) per call.
+    A C that is not positive definite falls back to the LU solve (with a warning).
+    """
+
+    def __init__(self, second_moment, weight: float, dtype: torch.dtype) -> None:
+        self.second_moment, self.weight, self.dtype = second_moment, weight, dtype
+        self.factors: dict[int, torch.Tensor | None] = {}
+
+    def factor(self, layer: int) -> torch.Tensor | None:
+        if layer not in self.factors:
+            a = self.weight * self.second_moment(layer).to(self.dtype)
+            try:
+                self.factors[layer] = ops.cholesky(a)
+            except ops.NotPositiveDefiniteError as e:
+                log.warning("layer %d: λC is not positive definite (%s); using the LU solve", layer, e)
+                self.factors[layer] = None
+        return self.factors[layer]
+
+    def __call__(self, layer: int, k: torch.Tensor) -> torch.Tensor:
+        chol = self.factor(layer)
+        if chol is None:
+            c = self.second_moment(layer).to(self.dtype)
+            return torch.linalg.solve(self.weight * c + k @ k.T, k)
+        x = ops.cholesky_solve(chol, k)  # A⁻¹K, (d_ff, n)
+        core = torch.eye(k.shape[1], dtype=k.dtype, device=k.device) + k.T @ x  # (n, n), SPD
+        return ops.spd_solve(core, x.T).T  # X core⁻¹ (core is symmetric)
 
 
 def memit_updates(
@@ -64,39 +148,50 @@ def memit_updates(
     groups: list[list[str]],
     second_moment,
     precomputed_z: dict[int, torch.Tensor] | None = None,
+    solver: Solver | None = None,
+    target_options: dict | None = None,
+    apply=apply_update,
 ) -> MethodOutput:
     """MEMIT's updates for a batch, applied to ``model`` layer by layer as they are computed.
+
     ``second_moment(layer)`` returns C (d_ff, d_ff) float32. ``precomputed_z`` maps a request's index
-    in ``requests`` to a z (d_model,) computed earlier (the reference's ``cache_template``)."""
+    in ``requests`` to a z (d_model,) computed earlier (the reference's ``cache_template``).
+    ``solver(layer, K)`` returns (λC + KKᵀ)⁻¹K (default: the reference's LU solve).
+    ``target_options`` go to :func:`compute_target_values`; ``apply(model, adapter, update)`` writes
+    an update into the weights.
+    """
     flat = [t for g in groups for t in g]
     precomputed_z = precomputed_z or {}
     todo = [i for i in range(len(requests)) if i not in precomputed_z]
     dtype = resolve_dtype(hp, torch.float64)
+    solver = solver or lu_solver(second_moment, hp.mom2_update_weight, dtype)
     z_list: list[torch.Tensor | None] = [precomputed_z.get(i) for i in range(len(requests))]
     target = None
     if todo:
         target = compute_target_values(
             model, tok, adapter, [requests[i] for i in todo], flat, hp, hp.layers[-1], delta_site="block",
             nll_from="loss_layer", delta_dtype=torch.float64 if hp.solve_dtype == "float64" else None,
+            **(target_options or {}),
         )
         for j, i in enumerate(todo):
             z_list[i] = target.values[j]
     zs = torch.stack([z.to(dtype) for z in z_list], 1)  # (d_model, n)
+    reader = MemitKeyReader(model, tok, adapter, requests, hp, groups)
     updates, z_errors = [], []
     for i, layer in enumerate(hp.layers):
         with region("keys"):
-            k, z_cur = memit_keys_and_current_z(model, tok, adapter, requests, hp, groups, layer)
+            k, z_cur = reader.read(i)
         with region("solve"):
             k = k.to(dtype)
-            resid_all = zs - z_cur.to(dtype)
+            resid_all = zs.to(z_cur.device) - z_cur.to(dtype)
             z_errors.append(float(resid_all.norm(dim=0).mean()))
-            c = second_moment(layer).to(dtype)
-            # torch.linalg.solve (LU) as the reference; the Cholesky/Woodbury path is the engine's.
-            adj_k = torch.linalg.solve(hp.mom2_update_weight * c + k @ k.T, k)  # (d_ff, n)
-            resid = resid_all / (len(hp.layers) - i)  # (d_model, n)
+            adj_k = solver(layer, k)  # (d_ff, n)
+            # with a device_map, layer l and block L may sit on different devices
+            resid = (resid_all / (len(hp.layers) - i)).to(adj_k.device)  # (d_model, n)
         name = f"{(hp.rewrite_module_tmp or adapter.rewrite_module_tmp).format(layer)}.weight"
         upd = LowRankUpdate(name, layer, adj_k, resid)
-        apply_update(model, adapter, upd)
+        with region("apply"):
+            apply(model, adapter, upd)
         updates.append(upd)
     info = {"target": [target] if target is not None else [], "z_error": z_errors, "z": zs}
     return MethodOutput(updates, info)

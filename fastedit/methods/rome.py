@@ -42,9 +42,13 @@ def rome_updates(
     hp,
     templates: list[str],
     inverse_second_moment,
+    target_options: dict | None = None,
+    apply=apply_update,
 ) -> MethodOutput:
     """Updates of one request at every layer of ``hp.layers``, each applied to ``model`` before the
-    next layer is computed. ``inverse_second_moment(layer)`` returns C⁻¹ (d_ff, d_ff)."""
+    next layer is computed. ``inverse_second_moment(layer)`` returns C⁻¹ (d_ff, d_ff).
+    ``target_options`` go to :func:`compute_target_values`; ``apply(model, adapter, update)`` writes
+    an update into the weights."""
     updates, info = [], {"target": [], "denominator": []}
     for layer in sorted(hp.layers):
         rewrite = (hp.rewrite_module_tmp or adapter.rewrite_module_tmp).format(layer)
@@ -69,7 +73,7 @@ def rome_updates(
 
         target = compute_target_values(
             model, tok, adapter, [request], templates, hp, layer, delta_site="mlp", nll_from="logits",
-            delta_dtype=torch.float64 if dtype == torch.float64 else None,
+            delta_dtype=torch.float64 if dtype == torch.float64 else None, **(target_options or {}),
         )
 
         with region("solve"):
@@ -88,7 +92,8 @@ def rome_updates(
             right = (goal - current) / denom
 
         upd = LowRankUpdate(f"{rewrite}.weight", layer, u.to(work)[:, None], right[:, None])
-        apply_update(model, adapter, upd)
+        with region("apply"):
+            apply(model, adapter, upd)
         updates.append(upd)
         info["target"].append(target)
         info["denominator"].append(float(denom))

@@ -21,6 +21,7 @@ own δ, Adam state and stopping), and keeps the loop free of host synchronisatio
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -32,6 +33,7 @@ from ..models.tracing import first_tensor, record
 from ..profiling import region
 from ..requests import EditRequest, RequestError
 from .keys import lookup_index, tokenize_batch
+from .suffix import SuffixLayout, supports_packing
 
 __all__ = ["TargetValues", "compute_target_values", "target_token_ids", "STOP_LOSS"]
 
@@ -99,12 +101,28 @@ def compute_target_values(
     delta_site: str,
     nll_from: str,
     delta_dtype: torch.dtype | None = None,
+    early_stop_patience: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    pack: bool = True,
 ) -> TargetValues:
     """Optimise v* (ROME: ``delta_site="mlp"``, ``nll_from="logits"``) or z (MEMIT:
     ``delta_site="block"``, ``nll_from="loss_layer"``) for every request at once.
 
     ``templates`` is the flat list of context templates (``"{}"`` first). ``layer`` is where δ
     enters. Returns values (n, d_model).
+
+    Fast-mode options (both off in exact mode):
+
+    * ``early_stop_patience``: ENCORE's most-probable early stopping. A request stops once every
+      target token of every rewrite prompt has been the argmax at ``early_stop_patience`` forward
+      passes (counted, not necessarily consecutive, as ENCORE counts them). ENCORE leaves the bare
+      prompt out of the check; here all rewrite prompts count.
+    * ``autocast_dtype``: run the layers above the edit layer under ``torch.autocast`` in this dtype
+      (bf16 on GPUs); δ, the loss and Adam stay in float32.
+
+    ``pack`` (both modes; it changes only rounding): run each iteration over the prompts' suffixes
+    from their lookup token on, packed without padding, on top of a cache of their prefixes
+    (:mod:`.suffix`). Off, every iteration runs the padded prompts whole through the layers above.
     """
     device = next(model.parameters()).device
     n_req = len(requests)
@@ -178,6 +196,20 @@ def compute_target_values(
         site = rec.outputs[mlp_name] if delta_site == "mlp" else hidden
         v_init = site[first_rows, look_pos[first_rows]].clone()  # (n, d), model dtype
 
+    packed = pack and supports_packing(model)
+    if packed:
+        with region("target/prefix"):
+            layout = SuffixLayout.build(
+                lengths, positions, hidden.shape[1], device, hidden.dtype,
+                boolean_mask=model.config._attn_implementation == "sdpa",
+            )
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            cache = layout.prefix_cache(adapter, model, flat, layer + 1)
+            suffix_base = flat[layout.suf_index]  # (rows, Q, d)
+            delta_r, delta_c = layout.slot_row, layout.slot_start  # each prompt's lookup token
+            lab_r, lab_c = layout.slots(lab_rows, lab_pos)
+            kl_r, kl_c = layout.slots(kl_rows_t, kl_pos)
+
     w_dtype = delta_dtype or (torch.float64 if hidden.dtype == torch.float64 else torch.float32)
     delta = torch.zeros((n_req, hidden.shape[-1]), dtype=w_dtype, device=device, requires_grad=True)
     m = torch.zeros_like(delta, requires_grad=False)
@@ -198,6 +230,13 @@ def compute_target_values(
 
     kl_init = None
     losses = []
+    hits = torch.zeros(n_req, dtype=torch.long, device=device)
+    n_labels = torch.zeros(n_req, dtype=torch.long, device=device).index_add(0, lab_req, torch.ones_like(lab_req))
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
     # The references run v_num_grad_steps forward passes, the last of which only reports its loss
     # and breaks before stepping: it cannot change δ, so it is not run here.
     n_iter = hp.v_num_grad_steps - 1
@@ -206,21 +245,38 @@ def compute_target_values(
         for p in model.parameters():
             p.requires_grad_(False)
         for it in range(n_iter):
-            with region("target/forward"):
-                add = torch.zeros_like(hidden)
-                add[look_rows, look_pos] = delta[look_req].to(hidden.dtype)
-                h = hidden + add
-                if read_loss_layer and loss_layer == layer:
-                    # the loss reads the edited layer's own (δ-shifted) output
-                    top = adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
-                    nll_hidden = ln_f(h[lab_rows, lab_pos])
-                elif read_loss_layer:
-                    with record(model, outputs=[loss_block], detach=False) as rec:
-                        top = adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
-                    nll_hidden = ln_f(rec.outputs[loss_block][lab_rows, lab_pos])
+            with region("target/forward"), autocast:
+                if packed:
+                    add = torch.zeros_like(suffix_base)
+                    add[delta_r, delta_c] = delta[look_req].to(suffix_base.dtype)
+                    h = suffix_base + add
+                    if read_loss_layer and loss_layer == layer:
+                        # the loss reads the edited layer's own (δ-shifted) output
+                        top = layout.run_suffix(adapter, model, h, layer + 1, cache)
+                        nll_hidden = ln_f(h[lab_r, lab_c])
+                    elif read_loss_layer:
+                        with record(model, outputs=[loss_block], detach=False) as rec:
+                            top = layout.run_suffix(adapter, model, h, layer + 1, cache)
+                        nll_hidden = ln_f(rec.outputs[loss_block][lab_r, lab_c])
+                    else:
+                        top = layout.run_suffix(adapter, model, h, layer + 1, cache)
+                        nll_hidden = top[lab_r, lab_c]
+                    kl_top = top[kl_r, kl_c]
                 else:
-                    top = adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
-                    nll_hidden = top[lab_rows, lab_pos]
+                    add = torch.zeros_like(hidden)
+                    add[look_rows, look_pos] = delta[look_req].to(hidden.dtype)
+                    h = hidden + add
+                    if read_loss_layer and loss_layer == layer:
+                        top = adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
+                        nll_hidden = ln_f(h[lab_rows, lab_pos])
+                    elif read_loss_layer:
+                        with record(model, outputs=[loss_block], detach=False) as rec:
+                            top = adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
+                        nll_hidden = ln_f(rec.outputs[loss_block][lab_rows, lab_pos])
+                    else:
+                        top = adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
+                        nll_hidden = top[lab_rows, lab_pos]
+                    kl_top = top[kl_rows_t, kl_pos]
                 if nll_from == "logits":
                     nll_logits = model_head(nll_hidden)
                 else:
@@ -230,7 +286,7 @@ def compute_target_values(
                 nll = torch.zeros(n_req, dtype=tok_lp.dtype, device=device).index_add(
                     0, lab_req, -tok_lp * lab_w.to(tok_lp.dtype)
                 )
-                kl_logits = model_head(top[kl_rows_t, kl_pos])
+                kl_logits = model_head(kl_top)
                 kl_lp = torch.log_softmax(kl_logits.float() if kl_logits.dtype != torch.float64 else kl_logits, -1)
                 if kl_init is None:
                     kl_init = kl_lp.detach().clone()
@@ -240,6 +296,11 @@ def compute_target_values(
                 loss = nll.to(delta.dtype) + hp.kl_factor * kl.to(delta.dtype) + decay
             losses.append(torch.where(active, loss.detach(), torch.nan))
             active = active & ~(loss.detach() < STOP_LOSS)
+            if early_stop_patience:
+                correct = (nll_logits.detach().argmax(-1) == lab_ids).long()
+                all_right = torch.zeros_like(hits).index_add(0, lab_req, correct) == n_labels
+                hits = hits + (active & all_right).long()
+                active = active & (hits < early_stop_patience)
             if device.type == "cpu" and not bool(active.any()):
                 break
             with region("target/backward"):

@@ -13,7 +13,8 @@ import torch
 
 from fastedit.engine import EditSession
 from fastedit.models import get_adapter, random_model
-from fastedit.stats.cache import SecondMoment, save_second_moment, stats_paths
+from fastedit.hparams import MEMITHyperParams
+from fastedit.stats.synthetic import write_synthetic_second_moments
 
 from fastedit.methods import plain
 
@@ -61,19 +62,11 @@ def hparams(model, method, **over):
     return hp
 
 
-def write_stats(model, hp, stats_dir, seed=0):
+def write_stats(model, hp, stats_dir):
     """A random second moment per layer, in the reference cache layout; returns layer → C as the
     plain implementation reads it."""
-    ad = get_adapter(model)
-    g = torch.Generator().manual_seed(seed)
-    paths = {}
-    for layer in hp["layers"]:
-        d = ad.key_size(model, layer)
-        x = torch.randn(400, d, generator=g) * 0.5
-        name = hp["rewrite_module_tmp"].format(layer)
-        path = stats_paths(stats_dir, model.config._name_or_path, "wikipedia", name, "float32", hp["mom2_n_samples"])[0]
-        save_second_moment(path, SecondMoment(mom2=(x.T @ x).float(), count=400, sample_size=hp["mom2_n_samples"]))
-        paths[layer] = path
+    paths = write_synthetic_second_moments(model, MEMITHyperParams.from_dict({"layers": hp["layers"],
+                                           "mom2_n_samples": hp["mom2_n_samples"]}), stats_dir, n_vectors=400)
     return lambda layer: plain.read_second_moment(paths[layer])
 
 

@@ -1,0 +1,317 @@
+"""End-to-end edit throughput: fastedit against a reference-style implementation, in one process.
+
+    python benchmarks/bench_edit.py --model smollm2-135m --method memit --mode exact --edits 10
+    python benchmarks/bench_edit.py --model smollm2-135m --method memit --mode fast --edits 10
+    python benchmarks/bench_edit.py --model gpt2-xl --method memit --mode exact --edits 20 --device cuda
+    python benchmarks/bench_edit.py --model smollm2-135m --method memit --efficacy 100
+
+N sequential edits (``--batch-size`` requests each) of CounterFact records are applied twice to the
+same starting model: by ``fastedit.methods.plain`` (the reference code's structure and cost: whole
+model passes with hooks, full logits, torch.optim.Adam with a host-side loss check, separate key
+passes, a dense LU solve) and by an :class:`~fastedit.EditSession` in the chosen mode, with the same
+context templates and statistics. Each edit's weight update is compared (relative Frobenius error
+of ΔW per layer, the largest reported). ``--model`` is a fastedit name, a local folder, or a
+random-weight architecture (``gpt2-xl``, ``gpt-j-6b``, ``llama-3-8b`` at full size, or
+``random:gpt2``/``random:llama``/... tiny) with synthetic statistics.
+
+``--efficacy N`` instead measures the fraction of N sequential edits that succeed right after they are
+applied (P(new) > P(true) on the rewrite prompt) in exact and in fast mode.
+
+The last line printed is one JSON object (edits_per_s, baseline_edits_per_s, speedup,
+max_rel_update_error, the per-phase breakdown, the machine); ``--out`` also writes it to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FASTEDIT_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def machine() -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def load(args):
+    from fastedit.hparams import load_hparams
+    from fastedit.models import gpt2_tokenizer, load_model, random_model
+    from fastedit.models.configs import FULL_SIZES
+
+    dtype = getattr(torch, args.dtype)
+    name = args.model
+    synthetic = name in FULL_SIZES or name.startswith("random:")
+    if synthetic:
+        arch = name.split(":", 1)[1] if name.startswith("random:") else name
+        with torch.device(args.device):
+            model = random_model(arch, dtype=dtype, device=args.device)
+        tok = gpt2_tokenizer()
+    else:
+        model, tok = load_model(name, dtype=dtype, device=args.device)
+    preset = args.hparams or (name if not name.startswith("random:") else None)
+    if preset is None:
+        small = {"layers": [1, 2] if args.method == "memit" else [1], "v_loss_layer": 3, "v_num_grad_steps": 20}
+        if args.method == "memit":
+            small["mom2_update_weight"] = 100.0
+        hp = load_hparams(args.method, small)
+    else:
+        hp = load_hparams(args.method, preset)
+    return model, tok, hp, synthetic
+
+
+def counterfact(n: int):
+    from fastedit.requests import EditRequest
+
+    recs = json.loads((DATA / "counterfact" / "counterfact-edit.json").read_text())
+    return [EditRequest.from_dict(r, i) for i, r in enumerate(recs[:n])]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300))
+
+
+def run_throughput(args) -> dict:
+    from fastedit.engine import EditSession
+    from fastedit.methods import plain
+    from fastedit.methods.templates import memit_templates, rome_templates
+    from fastedit.profiling import chrome_trace
+    from fastedit.stats.store import SecondMomentStore
+    from fastedit.stats.synthetic import write_synthetic_second_moments
+    from fastedit.models import get_adapter
+
+    model, tok, hp, synthetic = load(args)
+    hp = hp.replace(mom2_n_samples=args.stats_samples) if args.stats_samples else hp
+    stats_dir = Path(args.stats_dir)
+    if synthetic:
+        write_synthetic_second_moments(model, hp, stats_dir)
+    store = SecondMomentStore(model, tok, get_adapter(model), hp, stats_dir=stats_dir, source=args.stats_source,
+                              max_len=args.stats_max_len, progress=False)
+    store.ensure(hp.layers)
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        templates = (rome_templates(model, tok, hp.context_template_length_params, seed=args.seed)
+                     if args.method != "memit" else memit_templates(model, tok, seed=args.seed))
+    reqs = counterfact(args.edits * args.batch_size)
+    batches = [reqs[i : i + args.batch_size] for i in range(0, len(reqs), args.batch_size)]
+    hp_dict = {**hp.to_dict()}
+    for key, default in (("rewrite_module_tmp", "rewrite_module_tmp"), ("layer_module_tmp", "layer_module_tmp"),
+                         ("mlp_module_tmp", "mlp_module_tmp"), ("ln_f_module", "ln_f_module")):
+        hp_dict[key] = hp_dict[key] or getattr(get_adapter(model), default)
+    hp_dict["lm_head_module"] = hp_dict["lm_head_module"] or get_adapter(model).lm_head_name(model)
+
+    results = {}
+    # ---- reference-style baseline ------------------------------------------------------------
+    base_model = copy.deepcopy(model)
+    names = [f"{hp_dict['rewrite_module_tmp'].format(l)}.weight" for l in hp.layers]
+    base_deltas, base_times = [], []
+    if not args.no_baseline:
+        for batch in batches[: args.baseline_edits or len(batches)]:
+            before = {n: base_model.get_parameter(n).detach().clone() for n in names}
+            t0 = time.perf_counter()
+            refs = [dict(r.to_reference_dict(), target_new=r.target_new) for r in batch]
+            if args.method == "memit":
+                plain.memit(base_model, tok, refs, hp_dict, templates, store.second_moment)
+            else:
+                for r in refs:
+                    plain.rome(base_model, tok, r, hp_dict, templates, store.second_moment,
+                               variant=getattr(hp, "key_variant", "rome"),
+                               u_from_average=hp.original_implementation or hp.enable_random_prefix_keys)
+            _sync(args.device)
+            base_times.append(time.perf_counter() - t0)
+            base_deltas.append({n: base_model.get_parameter(n).detach() - before[n] for n in names})
+    del base_model
+    # ---- fastedit -------------------------------------------------------------------------------
+    fast_model = model
+    sess = EditSession(fast_model, tok, args.method, hp, mode=args.mode, templates=templates, stats_dir=stats_dir,
+                       progress=False)
+    sess.stats = store  # the statistics are already loaded: not part of the timing
+    fe_times, phases, errs = [], [], []
+    with chrome_trace(args.profile):
+        for i, batch in enumerate(batches):
+            before = {n: fast_model.get_parameter(n).detach().clone() for n in names}
+            t0 = time.perf_counter()
+            res = sess.apply(batch)
+            _sync(args.device)
+            fe_times.append(time.perf_counter() - t0)
+            phases.append(res.times)
+            if i < len(base_deltas):
+                for n in names:
+                    errs.append(rel_err(fast_model.get_parameter(n).detach() - before[n], base_deltas[i][n]))
+    # the first edit carries one-off costs on both sides (template use, factorisations): report both
+    edits = len(batches)
+    fe_total, base_total = sum(fe_times), sum(base_times)
+    # the speed ratio compares the same edits: the first len(base_times) of each side
+    fe_matched = sum(fe_times[: len(base_times)])
+    phase_mean = {k: statistics.fmean(p.get(k, 0.0) for p in phases) for k in sorted({k for p in phases for k in p})}
+    results = {
+        "benchmark": "bench_edit",
+        "model": args.model,
+        "method": args.method,
+        "mode": args.mode,
+        "edits": edits,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "device": args.device,
+        "edits_per_s": edits / fe_total,
+        "requests_per_s": edits * args.batch_size / fe_total,
+        "baseline_edits_per_s": len(base_times) / base_total if base_total else None,
+        "speedup": base_total / fe_matched if base_total else None,
+        "baseline_edits": len(base_times),
+        "median_s_per_edit": statistics.median(fe_times),
+        "baseline_median_s_per_edit": statistics.median(base_times) if base_times else None,
+        "max_rel_update_error": max(errs) if errs else None,
+        "median_rel_update_error": statistics.median(errs) if errs else None,
+        "phase_seconds_per_edit": phase_mean,
+        "hparams": hp.to_dict(),
+        "machine": machine(),
+        "command": " ".join(sys.argv),
+    }
+    return results
+
+
+def run_efficacy(args) -> dict:
+    """Fraction of N sequential edits that hold right after they are applied, exact vs fast."""
+    from fastedit.engine import EditSession
+    from fastedit.eval.metrics import compare_targets
+    from fastedit.methods.templates import memit_templates, rome_templates
+
+    model, tok, hp, synthetic = load(args)
+    if synthetic:
+        raise SystemExit("--efficacy needs a real model")
+    reqs = counterfact(args.efficacy)
+    with torch.no_grad():
+        templates = (rome_templates(model, tok, hp.context_template_length_params, seed=args.seed)
+                     if args.method != "memit" else memit_templates(model, tok, seed=args.seed))
+    out = {}
+    base = copy.deepcopy(model)
+    for mode in ("exact", "fast"):
+        m = copy.deepcopy(base)
+        sess = EditSession(m, tok, args.method, hp, mode=mode, templates=templates, stats_dir=args.stats_dir,
+                           stats_source=args.stats_source, stats_max_len=args.stats_max_len, progress=False)
+        ok, t = 0, 0.0
+        for r in reqs:
+            res = sess.apply(r)
+            t += res.times["total"]
+            ok += bool(compare_targets(m, tok, [r.text], [r.target_new], [r.target_true])["success"][0])
+        out[mode] = {"efficacy": ok / len(reqs), "seconds": t}
+        print(f"{mode}: {ok}/{len(reqs)} edits hold right after they are applied, {t:.0f} s", flush=True)
+    return {
+        "benchmark": "bench_edit --efficacy",
+        "model": args.model,
+        "method": args.method,
+        "edits": len(reqs),
+        "efficacy_exact": out["exact"]["efficacy"],
+        "efficacy_fast": out["fast"]["efficacy"],
+        "efficacy_gap_points": 100 * (out["exact"]["efficacy"] - out["fast"]["efficacy"]),
+        "seconds_exact": out["exact"]["seconds"],
+        "seconds_fast": out["fast"]["seconds"],
+        "speedup_fast_over_exact": out["exact"]["seconds"] / out["fast"]["seconds"],
+        "machine": machine(),
+        "command": " ".join(sys.argv),
+    }
+
+
+# What benchmarks/gpu_suite.sh runs (FASTEDIT_GPU_SUITE=1): the issue's GPU goals, each with its
+# reference-style baseline measured in the same process on fewer edits.
+GPU_SUITE = [
+    ["--model", "gpt2-xl", "--method", "memit", "--mode", "exact", "--edits", "10", "--baseline-edits", "3"],
+    ["--model", "llama-3-8b", "--method", "memit", "--mode", "fast", "--dtype", "bfloat16", "--edits", "5",
+     "--baseline-edits", "2"],
+]
+
+
+def run_gpu_suite(argv_extra) -> int:
+    """Run :data:`GPU_SUITE` (``FASTEDIT_GPU_SUITE_ARGS`` can replace the model names for a dry run
+    on a CPU, e.g. ``--model random:gpt2``) and write ``$FASTEDIT_RESULTS_DIR/bench_edit.json``."""
+    out_dir = Path(os.environ.get("FASTEDIT_RESULTS_DIR", REPO / "benchmarks" / "results"))
+    runs = []
+    for config in GPU_SUITE:
+        args = list(config) + list(argv_extra) + os.environ.get("FASTEDIT_GPU_SUITE_ARGS", "").split()
+        try:
+            runs.append(run_throughput(parse(args)))
+        except Exception as exc:  # one failing configuration must not hide the others
+            runs.append({"config": " ".join(config), "error": f"{type(exc).__name__}: {exc}"})
+        print(json.dumps(runs[-1]), flush=True)
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    (out_dir / "bench_edit.json").write_text(json.dumps({"runs": runs, "machine": machine()}, indent=2) + "\n")
+    return 0
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
+    ap.add_argument("--mode", default="exact", choices=["exact", "fast"])
+    ap.add_argument("--edits", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--hparams", default=None, help="preset or hparams JSON (default: the model's preset)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--stats-dir", default=str(Path(os.environ.get("FASTEDIT_CACHE", Path.home() / ".cache" / "fastedit")) / "stats"))
+    ap.add_argument("--stats-source", default=str(DATA / "wikipedia" / "enwiki_sample.jsonl"))
+    ap.add_argument("--stats-max-len", type=int, default=512)
+    ap.add_argument("--stats-samples", type=int, default=None, help="replace mom2_n_samples")
+    ap.add_argument("--no-baseline", action="store_true", help="time fastedit only")
+    ap.add_argument("--efficacy", type=int, default=0, metavar="N", help="efficacy of N sequential edits, exact vs fast")
+    ap.add_argument("--profile", default=None, metavar="PATH", help="Chrome trace of fastedit's edits")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="also write the JSON result here")
+    ap.add_argument("--baseline-edits", type=int, default=None, help="baseline on the first K edits only (default: all)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    if os.environ.get("FASTEDIT_GPU_SUITE") == "1":
+        return run_gpu_suite(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = run_efficacy(args) if args.efficacy else run_throughput(args)
+    if not args.efficacy:
+        print(f"{'phase':<22} s/edit")
+        for k, v in res["phase_seconds_per_edit"].items():
+            print(f"{k:<22} {v:8.3f}")
+        if res["speedup"]:
+            print(f"fastedit {res['edits_per_s']:.3f} edits/s, reference-style {res['baseline_edits_per_s']:.3f} edits/s: "
+                  f"{res['speedup']:.2f}x, max relative update error {res['max_rel_update_error']:.2e}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
