@@ -3,6 +3,8 @@
     fastedit demo                              the embedded default: 8 sequential edits of SmolLM2-135M
     fastedit edit --model M --method memit --requests R.json --hparams smollm2-135m --out DIR
     fastedit stats --model M --hparams smollm2-135m --method memit --source wiki.jsonl
+    fastedit run --model smollm2-135m --method memit --data counterfact.json --edits 1000 --eval-every 50 --out runs/x
+    fastedit plot runs/x                       redraw a run's plots
     fastedit presets                           the shipped hyperparameter presets and their sources
 
 Models are fastedit names (``smollm2-135m``), local folders or hub ids. Run ``fastedit CMD --help``.
@@ -57,15 +59,38 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--profile", default=None, metavar="PATH", help="write a Chrome trace of the edits to PATH")
     _add_stats_args(e)
 
-    s = sub.add_parser("stats", help="compute and cache second-moment statistics for the edited layers")
-    s.add_argument("--model", required=True)
-    s.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
-    s.add_argument("--hparams", default=None, help="preset or hparams JSON giving layers, dataset, sample count and dtype")
-    s.add_argument("--layers", default=None, help="comma-separated layers (overrides the hparams)")
-    s.add_argument("--n-samples", type=int, default=None, help="documents to use (overrides mom2_n_samples)")
-    s.add_argument("--dtype", default=None, choices=["float32", "float64"], help="accumulation dtype (overrides mom2_dtype)")
-    s.add_argument("--device", default=None)
-    _add_stats_args(s)
+    s = sub.add_parser("stats", help="compute and cache second-moment statistics for the edited layers "
+                       "(one pass, packed, resumable, torchrun-distributed)")
+    from .stats.command import add_arguments as _stats_arguments
+
+    _stats_arguments(s)
+
+    r = sub.add_parser("run", help="a sequential scaling run: N edits with forgetting, downstream ability and norms measured")
+    r.add_argument("--model", default="smollm2-135m", help="fastedit name (smollm2-135m), local folder or hub id")
+    r.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
+    r.add_argument("--mode", default="exact", choices=["exact", "fast"])
+    r.add_argument("--data", default="", help="CounterFact (either layout) or zsRE file (default: ../shared/data's CounterFact)")
+    r.add_argument("--dataset", default="counterfact", choices=["counterfact", "zsre"])
+    r.add_argument("--edits", type=int, required=True, help="number of edits (each of --batch-size requests)")
+    r.add_argument("--batch-size", type=int, default=1)
+    r.add_argument("--eval-every", type=int, default=10, help="checkpoint every K edits: scores, forgetting, GLUE, norms")
+    r.add_argument("--start", type=int, default=0, help="first record of the dataset to use")
+    r.add_argument("--hparams", default=None, help="preset or hparams JSON (default: the model's preset)")
+    r.add_argument("--downstream-n", type=int, default=50, help="GLUE examples per task at each checkpoint (0: off)")
+    r.add_argument("--fluency-prompts", type=int, default=0, help="prompts for generation entropy at each checkpoint (0: off)")
+    r.add_argument("--disable-factor", type=float, default=10.0, help="flag an edit whose update norm exceeds this × the running median")
+    r.add_argument("--zsre-target", default="answers0", choices=["answers0", "alt"], help="zsRE: MEMIT's answers[0] or ROME's alt")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    r.add_argument("--device", default=None)
+    r.add_argument("--out", required=True, help="run directory (an existing one with the same configuration resumes)")
+    r.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop at the first checkpoint after this many minutes (the same command goes on later)")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    _add_stats_args(r)
+
+    pl = sub.add_parser("plot", help="redraw the plots of a run directory")
+    pl.add_argument("run_dir")
 
     sub.add_parser("presets", help="list the shipped hyperparameter presets")
     return ap
@@ -144,30 +169,9 @@ def cmd_edit(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from .hparams import load_hparams
-    from .models.adapters import get_adapter
-    from .models.loading import load_model
-    from .stats.store import SecondMomentStore
+    from .stats.command import run
 
-    model, tok = load_model(args.model, device=_device(args.device))
-    hp = load_hparams(args.method, args.hparams or _preset_for(args.model))
-    changes = {}
-    if args.layers:
-        changes["layers"] = tuple(int(x) for x in args.layers.split(","))
-    if args.n_samples:
-        changes["mom2_n_samples"] = args.n_samples
-    if args.dtype:
-        changes["mom2_dtype"] = args.dtype
-    hp = hp.replace(**changes)
-    store = SecondMomentStore(model, tok, get_adapter(model), hp, stats_dir=args.stats_dir, source=args.stats_source,
-                              max_len=args.stats_max_len)
-    t0 = time.perf_counter()
-    store.ensure(hp.layers)
-    secs = time.perf_counter() - t0
-    for layer in hp.layers:
-        print(f"layer {layer}: {store.loaded_from[layer]}")
-    print(f"{len(hp.layers)} layer(s) ready in {secs:.1f} s")
-    return 0
+    return run(args)
 
 
 def _preset_for(model: str) -> str:
@@ -176,6 +180,36 @@ def _preset_for(model: str) -> str:
         if preset in name:
             return preset
     raise SystemExit(f"no preset matches model {model!r}: pass --hparams")
+
+
+def cmd_run(args) -> int:
+    from .experiments.sequential import RunConfig, run_sequential
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = RunConfig(
+        model=args.model, method=args.method, mode=args.mode, data=args.data, dataset=args.dataset, edits=args.edits,
+        batch_size=args.batch_size, eval_every=args.eval_every, start=args.start, hparams=args.hparams,
+        stats_source=args.stats_source, stats_dir=args.stats_dir, stats_max_len=args.stats_max_len or 512,
+        downstream_n=args.downstream_n, fluency_prompts=args.fluency_prompts, disable_factor=args.disable_factor,
+        seed=args.seed, zsre_target=args.zsre_target, dtype=args.dtype, device=args.device,
+    )
+    summary = run_sequential(cfg, args.out, time_limit=args.time_limit * 60 if args.time_limit else None)
+    final = summary["final"].get("all_edits") or {}
+    print(f"{summary['edits']} edits in {summary['edit_seconds']:.0f} s of editing; at the end, over all edits: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in final.items() if isinstance(v, float)))
+    print(f"run directory: {args.out} (config.json, edits.jsonl, checkpoints.jsonl, summary.json, *.png)")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .experiments.plots import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(path)
+    return 0
 
 
 def cmd_presets(args) -> int:
@@ -190,9 +224,10 @@ def cmd_presets(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("demo", "stats") else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("demo", "stats", "run") else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return {"demo": cmd_demo, "edit": cmd_edit, "stats": cmd_stats, "presets": cmd_presets}[args.command](args)
+    commands = {"demo": cmd_demo, "edit": cmd_edit, "stats": cmd_stats, "run": cmd_run, "plot": cmd_plot, "presets": cmd_presets}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ def test_stats_then_edit(tmp_path, saved_model, capsys):
     stats = tmp_path / "stats"
     assert main(["stats", "--model", str(saved_model), "--hparams", str(tmp_path / "hp.json"),
                  "--stats-dir", str(stats), "--stats-source", str(text), "--device", "cpu"]) == 0
-    assert "2 layer(s) ready" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "statistics for 2 layer(s)" in printed and printed.count("layer ") >= 2 and "caches:" in printed
     reqs = [{"case_id": 1, "prompt": "{} plays the sport of", "subject": "LeBron James", "target_new": {"str": "football"}},
             {"case_id": 2, "prompt": "The mother tongue of Danielle Darrieux is", "subject": "Danielle Darrieux",
              "target_new": "English", "ground_truth": "French"}]

@@ -35,16 +35,15 @@ def demo_requests() -> list[EditRequest]:
 
 
 def default_stats_source() -> str:
-    """A local Wikipedia sample if one is around (``$FASTEDIT_STATS_SOURCE``, ``$FASTEDIT_DATA_DIR``,
-    ``../shared/data`` beside the checkout or the working directory), else the ``wikipedia`` dataset."""
+    """A local Wikipedia sample if one is around (``$FASTEDIT_STATS_SOURCE``, else the offline data
+    folder: ``$FASTEDIT_DATA_DIR`` or ``../shared/data``), else the ``wikipedia`` dataset."""
+    from ..eval.datasets import default_data_dir
+
     if os.environ.get("FASTEDIT_STATS_SOURCE"):
         return os.environ["FASTEDIT_STATS_SOURCE"]
-    rel = Path("wikipedia") / "enwiki_sample.jsonl"
-    roots = [os.environ.get("FASTEDIT_DATA_DIR")]
-    roots += [str(Path(__file__).resolve().parents[2].parent / "shared" / "data"), str(Path.cwd().parent / "shared" / "data")]
-    for root in roots:
-        if root and (Path(root) / rel).exists():
-            return str(Path(root) / rel)
+    root = default_data_dir()
+    if root is not None and (root / "wikipedia" / "enwiki_sample.jsonl").exists():
+        return str(root / "wikipedia" / "enwiki_sample.jsonl")
     return "wikipedia"
 
 

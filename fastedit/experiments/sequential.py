@@ -1,0 +1,311 @@
+"""Sequential scaling runs: N edits, each applied to the model the previous one left, measured as
+they happen.
+
+Every ``eval_every`` edits the run records, in ``checkpoints.jsonl``:
+
+* the latest edits' scores (the edits since the previous checkpoint, on the current model);
+* **forgetting**: every earlier edit re-scored on the current model (batched, in memory), both
+  overall and by age;
+* **downstream ability**: few-shot SST-2, MRPC, CoLA and RTE (accuracy, F1, MCC);
+* **norm growth**: each edited layer's distance from its original weights;
+* **disabling edits**: an edit whose update norm is far above the running median
+  (``disable_factor`` times), or a collapse of generation entropy, flagged with the edit's id.
+
+Each edit also gets a line in ``edits.jsonl`` (ids, update norms, time, whether it holds right after
+it is applied). The run directory also holds the resolved configuration (``config.json``), a
+checkpoint of the session (``session/``: the journal of low-rank factors, the edited weights, bit
+for bit) written with every checkpoint line, ``summary.json`` and the plots (see :mod:`.plots`).
+
+A run that is killed resumes from its last checkpoint: the session is restored, the log lines
+written after it are dropped, and the remaining edits give the same results as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..engine import EditSession
+from ..models.loading import cache_dir, load_model
+from ..requests import EditRequest
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RunConfig", "run_sequential", "load_requests"]
+
+
+@dataclass
+class RunConfig:
+    """A sequential run. ``data``: a CounterFact file (either layout) or a zsRE file (``dataset``).
+    ``downstream_n``: GLUE examples per task at each checkpoint (0 switches it off)."""
+
+    model: str = "smollm2-135m"
+    method: str = "memit"
+    mode: str = "exact"
+    data: str = ""
+    dataset: str = "counterfact"
+    edits: int = 100
+    batch_size: int = 1
+    eval_every: int = 10
+    start: int = 0
+    hparams: str | None = None
+    stats_source: str | None = None
+    stats_dir: str | None = None
+    stats_max_len: int | None = 512
+    downstream_n: int = 50
+    downstream_tasks: tuple[str, ...] = ("sst2", "mrpc", "cola", "rte")
+    fluency_prompts: int = 0
+    disable_factor: float = 10.0
+    seed: int = 0
+    zsre_target: str = "answers0"
+    dtype: str = "float32"
+    device: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["downstream_tasks"] = list(self.downstream_tasks)
+        return out
+
+
+def load_requests(cfg: RunConfig) -> list[EditRequest]:
+    from ..eval.datasets import default_data_dir, load_counterfact, load_zsre
+
+    n = cfg.edits * cfg.batch_size
+    root = default_data_dir()
+    local = {
+        "counterfact": root / "counterfact" / "counterfact-edit.json" if root else None,
+        "zsre": root / "zsre" / "zsre_mend_train-1k.json" if root else None,
+    }.get(cfg.dataset)
+    # an explicit --data wins; else the offline copy; else the loader downloads the canonical file
+    path = cfg.data or (local if local is not None and local.exists() else None)
+    if cfg.dataset == "counterfact":
+        return load_counterfact(path, n=n, start=cfg.start)
+    if cfg.dataset == "zsre":
+        return load_zsre(path, n=n, start=cfg.start, target=cfg.zsre_target)
+    raise ValueError(f"unknown dataset {cfg.dataset!r}: counterfact or zsre")
+
+
+class _Scorer:
+    """Scores requests on the current model: CounterFact or zsRE metrics. ``primary`` is the number an
+    edit "holds" by: P(new) > P(true) on the rewrite prompt (CounterFact), or every target token the
+    argmax (zsRE)."""
+
+    def __init__(self, model, tok, dataset: str) -> None:
+        self.model, self.tok, self.dataset = model, tok, dataset
+        self.primary = "rewrite_argmax_acc" if dataset == "zsre" else "rewrite_success"
+
+    def rows(self, reqs: list[EditRequest]) -> list[dict]:
+        from ..eval import metrics
+
+        if self.dataset == "zsre":
+            rows = metrics.score_zsre(self.model, self.tok, reqs)
+        else:
+            rows = metrics.score_counterfact(self.model, self.tok, reqs)
+        for row in rows:
+            row["holds"] = bool(row[self.primary] >= 0.5)
+        return rows
+
+    @staticmethod
+    def summary(rows: list[dict]) -> dict:
+        from ..eval import metrics
+
+        return metrics.summarize_scores(rows) if rows else {}
+
+
+def _truncate_jsonl(path: Path, keep) -> list[dict]:
+    """Keep the lines for which ``keep(record)`` is true; return them."""
+    if not path.exists():
+        return []
+    kept = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    kept = [r for r in kept if keep(r)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, stop_after: int | None = None,
+                   time_limit: float | None = None) -> dict:
+    """Run (or resume) a sequential run into ``out_dir`` and return its summary. ``stop_after``
+    ends the run early after that many edits (as an interruption would; for tests). ``time_limit``
+    (seconds of this call) ends it at the first checkpoint after that time; the same command run
+    again goes on from there."""
+    from ..eval.datasets import default_data_dir
+    from ..experiments.demo import default_stats_source
+    from . import plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "config.json"
+    if cfg_path.exists():
+        # the same run may be resumed, or extended to more edits; anything else is another run
+        saved = json.loads(cfg_path.read_text())["run"]
+        now = json.loads(json.dumps(cfg.to_dict()))
+        diff = sorted(k for k in set(saved) | set(now) if k != "edits" and saved.get(k) != now.get(k))
+        if diff:
+            raise ValueError(f"{out} holds a run with a different configuration (differs in {diff}); use another --out")
+    torch.manual_seed(cfg.seed)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = load_model(cfg.model, dtype=cfg.dtype, device=device)
+    reqs = load_requests(cfg)
+    if len(reqs) < cfg.edits * cfg.batch_size:
+        raise ValueError(f"{cfg.data or cfg.dataset}: {len(reqs)} records, the run needs {cfg.edits * cfg.batch_size}")
+    batches = [reqs[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(cfg.edits)]
+    stats_source = cfg.stats_source or default_stats_source()
+    stats_dir = cfg.stats_dir or str(cache_dir() / "stats")
+    from ..models.adapters import get_adapter
+
+    max_len = min(cfg.stats_max_len or 10**9, get_adapter(model).max_positions(model))
+    session_opts = dict(stats_dir=stats_dir, stats_source=stats_source, stats_max_len=max_len, progress=False)
+
+    session_dir = out / "session"
+    if not (session_dir / "session.json").exists() and (out / "session.old" / "session.json").exists():
+        (out / "session.old").rename(session_dir)  # killed between the two renames of _save_session
+    if (session_dir / "session.json").exists():
+        session = EditSession.load(session_dir, model, tok, **session_opts)
+        done = len(session.journal)
+        log.info("resuming %s after %d edits", out, done)
+    else:
+        session = EditSession(model, tok, cfg.method, cfg.hparams or cfg.model, mode=cfg.mode, seed=cfg.seed, **session_opts)
+        done = 0
+    cfg_path.write_text(json.dumps({"run": cfg.to_dict(), "hparams": session.hp.to_dict(),
+                                    "stats_source": str(stats_source), "stats_dir": str(stats_dir)}, indent=2) + "\n")
+    edit_log = _truncate_jsonl(out / "edits.jsonl", lambda r: r["edit"] <= done)
+    ckpt_log = _truncate_jsonl(out / "checkpoints.jsonl", lambda r: r["edits"] <= done)
+
+    scorer = _Scorer(model, tok, cfg.dataset)
+    base = {k: w.detach().clone() for k, w in session.edited_weights().items()} if done == 0 else {
+        k: session._base[k].to(w.device) for k, w in session.edited_weights().items()
+    }
+    norms_so_far = [e["update_norm"] for e in edit_log]
+    downstream_before = None
+    if done == 0:
+        first = _checkpoint(cfg, session, scorer, [], 0, base, [], default_data_dir(), time.perf_counter(), 0.0)
+        downstream_before = first.get("downstream")
+        ckpt_log.append(first)
+        with open(out / "checkpoints.jsonl", "a") as f:
+            f.write(json.dumps(first) + "\n")
+    seconds = sum(e["seconds"] for e in edit_log)
+    bar = tqdm(total=cfg.edits, initial=done, unit="edit", disable=not progress, desc=f"{cfg.method} {cfg.mode}")
+    stop = cfg.edits if stop_after is None else min(cfg.edits, stop_after)
+    t_start = time.perf_counter()
+    for i in range(done, stop):
+        batch = batches[i]
+        res = session.apply(batch)
+        seconds += res.times["total"]
+        now_rows = scorer.rows(batch)
+        norm = sum(v**2 for v in res.update_norms.values()) ** 0.5
+        median = statistics.median(norms_so_far) if norms_so_far else None
+        disabling = bool(median and norm > cfg.disable_factor * median)
+        norms_so_far.append(norm)
+        entry = {
+            "edit": i + 1,
+            "edit_id": res.edit_id,
+            "case_ids": res.ids,
+            "seconds": res.times["total"],
+            "update_norm": norm,
+            "update_norms": res.update_norms,
+            "holds": [r["holds"] for r in now_rows],
+            "disabling": disabling,
+        }
+        edit_log.append(entry)
+        with open(out / "edits.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        if disabling:
+            log.warning("edit %d (%s): update norm %.3g is %.0f× the running median: a disabling edit", i + 1, res.ids, norm, norm / median)
+        bar.update(1)
+        bar.set_postfix(edits_per_s=f"{(i + 1 - done) / (time.perf_counter() - t_start):.2f}")
+        if (i + 1) % cfg.eval_every == 0 or i + 1 == cfg.edits:
+            edited = [r for b in batches[: i + 1] for r in b]
+            point = _checkpoint(cfg, session, scorer, edited, i + 1, base, edit_log, default_data_dir(), time.perf_counter(), seconds)
+            # the log line first, then the session: a run killed in between redoes these edits and
+            # drops the line, so every line on disk belongs to a saved session state
+            ckpt_log.append(point)
+            with open(out / "checkpoints.jsonl", "a") as f:
+                f.write(json.dumps(point) + "\n")
+            _save_session(session, out)
+            if time_limit is not None and time.perf_counter() - t_start > time_limit and i + 1 < stop:
+                log.warning("time limit of %.0f s reached after %d edits; run the same command again to go on", time_limit, i + 1)
+                break
+    bar.close()
+    summary = _summary(cfg, ckpt_log, edit_log, seconds)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plots.plot_run(out)
+    return summary
+
+
+def _save_session(session: EditSession, out: Path) -> None:
+    """Replace ``out/session`` with the current state as a whole: written beside it, then swapped in by
+    renames, so a kill at any moment leaves one complete session (``session`` or ``session.old``)."""
+    import shutil
+
+    new, cur, old = out / "session.new", out / "session", out / "session.old"
+    shutil.rmtree(new, ignore_errors=True)
+    session.save(new)
+    shutil.rmtree(old, ignore_errors=True)
+    if cur.exists():
+        cur.rename(old)
+    new.rename(cur)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _checkpoint(cfg, session, scorer, edited, n_done, base, edit_log, data_dir, now, seconds) -> dict:
+    from ..eval import downstream, metrics
+
+    point: dict[str, Any] = {"edits": n_done, "requests": len(edited), "seconds": seconds}
+    t0 = time.perf_counter()
+    if edited:
+        rows = scorer.rows(edited)
+        point["all_edits"] = scorer.summary(rows)
+        recent = rows[-cfg.eval_every * cfg.batch_size :]
+        point["latest_edits"] = scorer.summary(recent)
+        # forgetting by age: the edits in ten equal slices, oldest first
+        slices = max(1, min(10, len(rows)))
+        size = len(rows) / slices
+        point["by_age"] = [
+            scorer.summary(rows[int(j * size) : int((j + 1) * size)]).get(scorer.primary) for j in range(slices)
+        ]
+        point["holds"] = [r["holds"] for r in rows]
+    if cfg.downstream_n:
+        glue = downstream.evaluate_glue(
+            session.model, session.tok, data_dir=data_dir / "glue" if data_dir else None, tasks=cfg.downstream_tasks,
+            n_per_task=cfg.downstream_n, seed=cfg.seed,
+        )
+        # the scalar metrics only; per-example lists would swell every line
+        point["downstream"] = {t: {k: v for k, v in m.items() if isinstance(v, (int, float))} for t, m in glue.items()}
+    if cfg.fluency_prompts:
+        prompts = [r.text for r in load_requests(RunConfig(**{**cfg.to_dict(), "edits": cfg.fluency_prompts, "batch_size": 1,
+                                                              "downstream_tasks": tuple(cfg.downstream_tasks)}))]
+        point["generation_entropy"] = metrics.generation_entropy(session.model, session.tok, prompts, seed=cfg.seed)["ngram_entropy"]
+    growth = {}
+    for name, w in session.edited_weights().items():
+        diff = (w.detach().double() - base[name].to(w.device).double()).norm()
+        growth[name] = {"distance": float(diff), "relative": float(diff / base[name].double().norm())}
+    point["norm_growth"] = growth
+    point["disabling_edits"] = [e["edit"] for e in edit_log if e["disabling"]]
+    point["eval_seconds"] = time.perf_counter() - t0
+    return point
+
+
+def _summary(cfg: RunConfig, ckpts: list[dict], edits: list[dict], seconds: float) -> dict:
+    last = ckpts[-1] if ckpts else {}
+    first = ckpts[0] if ckpts else {}
+    return {
+        "config": cfg.to_dict(),
+        "edits": len(edits),
+        "requests": len(edits) * cfg.batch_size,
+        "edit_seconds": seconds,
+        "edits_per_s": len(edits) / seconds if seconds else None,
+        "final": {k: last.get(k) for k in ("all_edits", "latest_edits", "downstream", "norm_growth", "generation_entropy")},
+        "initial_downstream": first.get("downstream"),
+        "disabling_edits": [e["edit"] for e in edits if e["disabling"]],
+        "holds_right_after_edit": (
+            sum(sum(e["holds"]) for e in edits) / max(1, sum(len(e["holds"]) for e in edits))
+        ),
+    }
