@@ -42,40 +42,14 @@ from pathlib import Path
 
 import torch
 
+from machine_info import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FASTEDIT_DATA_DIR", REPO.parent / "shared" / "data"))
 ARTICLES = 100_000
 
 GPU_SUITE = ["--model", "random:gpt-j-6b", "--layers", "3,4,5,6,7,8", "--dtype", "bfloat16", "--tokens", "400000",
              "--split-long", "--baseline-tokens", "6144", "--rows", "8", "--pretokenize"]
-
-
-def machine() -> dict:
-    import transformers
-
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_count"] = torch.cuda.device_count()
-    try:
-        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    return info
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

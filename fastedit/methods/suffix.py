@@ -151,9 +151,25 @@ class SuffixLayout:
         with adapter.upper_layers_only(model, start) as base:
             out = base(
                 inputs_embeds=suffix_hidden, attention_mask=self.suf_mask, position_ids=self.suf_pos,
-                use_cache=True, **{cache_keyword(base): copy.deepcopy(cache)},
+                use_cache=True, **{cache_keyword(base): fork_cache(cache)},
             )
         return out.last_hidden_state
+
+
+def fork_cache(cache):
+    """A copy of ``cache`` that a forward pass may extend without changing ``cache``.
+
+    transformers' dynamic cache layers extend by rebinding (``self.keys = torch.cat(...)``), so new
+    layer objects over the same tensors suffice: no tensor is copied (a deep copy cloned every
+    cached key and value at each optimisation step). Other cache types are deep-copied."""
+    layers = getattr(cache, "layers", None)
+    if type(cache).__name__ == "DynamicCache" and isinstance(layers, list) and all(
+        type(layer).__name__ == "DynamicLayer" for layer in layers
+    ):
+        new = copy.copy(cache)
+        new.layers = [copy.copy(layer) for layer in layers]
+        return new
+    return copy.deepcopy(cache)
 
 
 def _mask(ok: torch.Tensor, dtype: torch.dtype, boolean: bool) -> torch.Tensor:
