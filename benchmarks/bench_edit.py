@@ -271,7 +271,37 @@ def parse(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the JSON result here")
     ap.add_argument("--baseline-edits", type=int, default=None, help="baseline on the first K edits only (default: all)")
+    ap.add_argument("--reference-dir", default=None, metavar="PATH",
+                    help="also time a checkout of kmeng01/rome or kmeng01/memit on the same requests "
+                    "(through benchmarks/compare_reference.py; never committed)")
     return ap.parse_args(argv)
+
+
+def run_reference_code(args) -> dict:
+    """The same first requests through the public reference code and through fastedit, one after the
+    other in this process (compare_reference.py), with its update errors and times."""
+    import compare_reference
+
+    if args.model.startswith("random:") or args.method == "r-rome":
+        raise SystemExit("--reference-dir needs a stored model and the rome or memit method")
+    out = Path(os.environ.get("FASTEDIT_RESULTS_DIR", REPO / "benchmarks" / "results")) / f"bench_edit_reference_{args.method}.json"
+    n = args.baseline_edits or args.edits
+    argv = ["--reference-dir", args.reference_dir, "--method", args.method, "--model", args.model,
+            "--requests", str(n), "--out", str(out)]
+    if args.hparams:
+        argv += ["--hparams", args.hparams]
+    compare_reference.main(argv)
+    summary = json.loads(out.read_text())
+    r = summary["results"][0]
+    return {
+        "requests": n,
+        "reference_edits_per_s": n / r["reference_seconds"],
+        "fastedit_edits_per_s": n / r["fastedit_seconds"],
+        "speedup": r["speedup"],
+        "max_rel_update_error": summary["max_rel_update_error"],
+        "reference_commit": summary["reference_commit"],
+        "details": str(out),
+    }
 
 
 def main(argv=None) -> int:
@@ -281,6 +311,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     res = run_efficacy(args) if args.efficacy else run_throughput(args)
+    if args.reference_dir and not args.efficacy:
+        res["reference_code"] = run_reference_code(args)
     if not args.efficacy:
         print(f"{'phase':<22} s/edit")
         for k, v in res["phase_seconds_per_edit"].items():

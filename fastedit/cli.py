@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--downstream-n", type=int, default=50, help="GLUE examples per task at each checkpoint (0: off)")
     r.add_argument("--fluency-prompts", type=int, default=0, help="prompts for generation entropy at each checkpoint (0: off)")
     r.add_argument("--disable-factor", type=float, default=10.0, help="flag an edit whose update norm exceeds this × the running median")
+    r.add_argument("--entropy-collapse", type=float, default=0.75,
+                   help="with --fluency-prompts: flag the edits of a checkpoint window where generation entropy fell "
+                   "below this × its initial value")
     r.add_argument("--zsre-target", default="answers0", choices=["answers0", "alt"], help="zsRE: MEMIT's answers[0] or ROME's alt")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -194,6 +197,7 @@ def cmd_run(args) -> int:
         batch_size=args.batch_size, eval_every=args.eval_every, start=args.start, hparams=args.hparams,
         stats_source=args.stats_source, stats_dir=args.stats_dir, stats_max_len=args.stats_max_len or 512,
         downstream_n=args.downstream_n, fluency_prompts=args.fluency_prompts, disable_factor=args.disable_factor,
+        entropy_collapse=args.entropy_collapse,
         seed=args.seed, zsre_target=args.zsre_target, dtype=args.dtype, device=args.device,
     )
     summary = run_sequential(cfg, args.out, time_limit=args.time_limit * 60 if args.time_limit else None)

@@ -10,7 +10,7 @@
 * ``norms.png``: each edited layer's relative distance from its original weights, and every edit's
   update norm;
 
-with the disabling edits marked (red dashed lines).
+with the disabling edits marked (red dashed lines; a shaded window where generation entropy collapsed).
 """
 
 from __future__ import annotations
@@ -43,9 +43,11 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
 
 
-def _mark(ax, disabling: list[int]) -> None:
+def _mark(ax, disabling: list[int], collapses: list[list[int]] = ()) -> None:
     for i, x in enumerate(disabling):
         ax.axvline(x, color="red", ls="--", lw=0.8, alpha=0.7, label="disabling edit" if i == 0 else None)
+    for i, (lo, hi) in enumerate(collapses):
+        ax.axvspan(lo, hi, color="red", alpha=0.12, label="generation entropy collapsed" if i == 0 else None)
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
@@ -63,6 +65,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     cfg = json.loads((run / "config.json").read_text())["run"] if (run / "config.json").exists() else {}
     title = f"{cfg.get('method', '').upper()} ({cfg.get('mode', '')}) on {cfg.get('model', '')}, batch {cfg.get('batch_size', 1)}"
     disabling = [e["edit"] for e in edits if e.get("disabling")]
+    collapses = [c["entropy_collapse"]["edits"] for c in ckpts if c.get("entropy_collapse")]
     scored = [c for c in ckpts if c.get("all_edits")]
     written = []
 
@@ -74,7 +77,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             y = [c[key].get(metric) for c in scored]
             if any(v is not None for v in y):
                 ax.plot(x, y, style, ms=3, label=name)
-        _mark(ax, disabling)
+        _mark(ax, disabling, collapses)
         ax.set_title(label)
         ax.set_xlabel("edits applied")
         ax.set_ylim(-0.02, 1.02)

@@ -64,6 +64,7 @@ class RunConfig:
     downstream_tasks: tuple[str, ...] = ("sst2", "mrpc", "cola", "rte")
     fluency_prompts: int = 0
     disable_factor: float = 10.0
+    entropy_collapse: float = 0.75
     seed: int = 0
     zsre_target: str = "answers0"
     dtype: str = "float32"
@@ -145,7 +146,8 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
     cfg_path = out / "config.json"
     if cfg_path.exists():
         # the same run may be resumed, or extended to more edits; anything else is another run
-        saved = json.loads(cfg_path.read_text())["run"]
+        # options added after a run was started take their defaults
+        saved = {**json.loads(json.dumps(RunConfig().to_dict())), **json.loads(cfg_path.read_text())["run"]}
         now = json.loads(json.dumps(cfg.to_dict()))
         diff = sorted(k for k in set(saved) | set(now) if k != "edits" and saved.get(k) != now.get(k))
         if diff:
@@ -224,6 +226,7 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
         if (i + 1) % cfg.eval_every == 0 or i + 1 == cfg.edits:
             edited = [r for b in batches[: i + 1] for r in b]
             point = _checkpoint(cfg, session, scorer, edited, i + 1, base, edit_log, default_data_dir(), time.perf_counter(), seconds)
+            _flag_entropy_collapse(cfg, point, ckpt_log)
             # the log line first, then the session: a run killed in between redoes these edits and
             # drops the line, so every line on disk belongs to a saved session state
             ckpt_log.append(point)
@@ -293,6 +296,19 @@ def _checkpoint(cfg, session, scorer, edited, n_done, base, edit_log, data_dir, 
     return point
 
 
+def _flag_entropy_collapse(cfg: RunConfig, point: dict, earlier: list[dict]) -> None:
+    """Generation entropy below ``cfg.entropy_collapse`` × its value before the first edit marks the
+    edits since the previous checkpoint (the window the collapse happened in) as disabling."""
+    ent = point.get("generation_entropy")
+    first = next((c.get("generation_entropy") for c in earlier if c.get("generation_entropy")), None)
+    if ent is None or not first or ent >= cfg.entropy_collapse * first:
+        return
+    prev = earlier[-1]["edits"] if earlier else 0
+    point["entropy_collapse"] = {"ratio": ent / first, "edits": [prev + 1, point["edits"]]}
+    log.warning("generation entropy fell to %.2f of its initial value between edits %d and %d: a disabling edit "
+                "in that window", ent / first, prev + 1, point["edits"])
+
+
 def _summary(cfg: RunConfig, ckpts: list[dict], edits: list[dict], seconds: float) -> dict:
     last = ckpts[-1] if ckpts else {}
     first = ckpts[0] if ckpts else {}
@@ -305,6 +321,7 @@ def _summary(cfg: RunConfig, ckpts: list[dict], edits: list[dict], seconds: floa
         "final": {k: last.get(k) for k in ("all_edits", "latest_edits", "downstream", "norm_growth", "generation_entropy")},
         "initial_downstream": first.get("downstream"),
         "disabling_edits": [e["edit"] for e in edits if e["disabling"]],
+        "entropy_collapses": [c["entropy_collapse"] for c in ckpts if "entropy_collapse" in c],
         "holds_right_after_edit": (
             sum(sum(e["holds"]) for e in edits) / max(1, sum(len(e["holds"]) for e in edits))
         ),

@@ -99,13 +99,30 @@ def test_killed_run_resumes_to_the_same_results(setup, shared_data, tmp_path):
     assert strip_timing(sa) == strip_timing(sb)
 
 
-def test_extends_but_refuses_a_different_configuration(setup, shared_data, tmp_path):
+def test_time_limit_then_extend_but_refuse_a_different_configuration(setup, shared_data, tmp_path):
     out = tmp_path / "run"
-    assert subprocess.run(command(setup, shared_data, out, edits=2), capture_output=True, timeout=600).returncode == 0
-    more = subprocess.run(command(setup, shared_data, out, edits=4), capture_output=True, text=True, timeout=600)
+    limited = subprocess.run(command(setup, shared_data, out, edits=4) + ["--time-limit", "0.0001"],
+                             capture_output=True, text=True, timeout=600)
+    assert limited.returncode == 0 and "time limit" in limited.stderr, limited.stderr[-2000:]
+    assert [c["edits"] for c in read_jsonl(out / "checkpoints.jsonl")] == [0, 2]
+    more = subprocess.run(command(setup, shared_data, out, edits=6), capture_output=True, text=True, timeout=600)
     assert more.returncode == 0, more.stderr[-2000:]
-    assert [e["edit"] for e in read_jsonl(out / "edits.jsonl")] == [1, 2, 3, 4]
-    other = command(setup, shared_data, out, edits=4)
+    assert [e["edit"] for e in read_jsonl(out / "edits.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert [c["edits"] for c in read_jsonl(out / "checkpoints.jsonl")] == [0, 2, 4, 6]
+    other = command(setup, shared_data, out, edits=6)
     other[other.index("--batch-size") + 1] = "2"
     refused = subprocess.run(other, capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "different configuration" in refused.stderr
+
+
+def test_entropy_collapse_flags_the_window():
+    from fastedit.experiments.sequential import RunConfig, _flag_entropy_collapse
+
+    cfg = RunConfig(fluency_prompts=4, entropy_collapse=0.75)
+    earlier = [{"edits": 0, "generation_entropy": 6.0}, {"edits": 50, "generation_entropy": 5.9}]
+    fine = {"edits": 100, "generation_entropy": 4.6}
+    _flag_entropy_collapse(cfg, fine, earlier)
+    assert "entropy_collapse" not in fine
+    collapsed = {"edits": 100, "generation_entropy": 3.0}
+    _flag_entropy_collapse(cfg, collapsed, earlier)
+    assert collapsed["entropy_collapse"] == {"ratio": 0.5, "edits": [51, 100]}
