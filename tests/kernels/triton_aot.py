@@ -40,10 +40,10 @@ def covariance_configs(full: bool):
             "X_ptr": PTR[x], "Valid_ptr": "*u8", "Acc_ptr": PTR[acc], "n_rows": "i32", "d": "i32",
             "x_row_stride": "i32", "x_col_stride": "constexpr", "acc_row_stride": "i32", "acc_col_stride": "constexpr",
             "HAS_VALID": "constexpr", "UPCAST": "constexpr", "INPUT_PRECISION": "constexpr",
-            "BLOCK_D": "constexpr", "BLOCK_K": "constexpr",
+            "BLOCK_D": "constexpr", "BLOCK_K": "constexpr", "GROUP": "constexpr",
         }
         const = {"HAS_VALID": valid, "UPCAST": False, "INPUT_PRECISION": "ieee", "BLOCK_D": bd, "BLOCK_K": bk,
-                 "x_col_stride": 1, "acc_col_stride": 1}
+                 "GROUP": 8, "x_col_stride": 1, "acc_col_stride": 1}
         yield f"covariance x={x} acc={acc} valid={valid} block={bd}x{bk}", covariance._syrk_accumulate_kernel, sig, const, warps
 
 
