@@ -16,8 +16,6 @@ float64 C keeps the long sum across calls in float64.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from . import HAS_TRITON, INTERPRET, next_power_of_2
@@ -121,12 +119,15 @@ def syrk_accumulate_triton_(
     *,
     block_d: int | None = None,
     block_k: int | None = None,
+    group: int | None = None,
 ) -> torch.Tensor:
     """Triton launcher: lower-triangular blocks of ``acc += x[valid]ᵀ x[valid]``, in place.
 
     acc: (d, d) float32 or float64, any strides. x: (n, d) float16, bfloat16 or float32, any strides.
     valid: optional (n,) bool, rows where it is False are skipped. Returns acc.
     Blocks strictly above the diagonal are not touched (diagonal blocks are computed whole).
+    ``group``: the side of the super-blocks the programs walk (default 8 on a GPU for 16 or more
+    block rows, else 1: plain row-major order).
     """
     if not HAS_TRITON:
         raise RuntimeError("triton is not importable")
@@ -138,9 +139,8 @@ def syrk_accumulate_triton_(
     block_k = block_k or cfg_k
     nb = triton.cdiv(d, block_d)
     # super-blocks of GROUP x GROUP blocks for L2 reuse on a GPU; the interpreter gains nothing
-    group = 1 if INTERPRET or nb < 16 else 8
-    if os.environ.get("FASTEDIT_SYRK_GROUP"):  # benchmarks compare orderings
-        group = int(os.environ["FASTEDIT_SYRK_GROUP"])
+    if group is None:
+        group = 1 if INTERPRET or nb < 16 else 8
     ns = triton.cdiv(nb, group)
     grid = (ns * (ns + 1) // 2 * group * group,)
     # the kernel reads the mask with unit stride; x stands in as a pointer that is never read

@@ -8,7 +8,7 @@ from gating import backend_params, gpu_test, requires_ext_cuda, requires_triton_
 from kernel_testing import assert_within_rule, rel_frobenius
 
 from fastedit import ops
-from fastedit.kernels.covariance import second_moment_reference, symmetrize_
+from fastedit.kernels.covariance import second_moment_reference, symmetrize_, syrk_accumulate_triton_
 
 BACKENDS = backend_params({"cpu": ("torch", "triton"), "cuda": ("torch", "triton", "cuda")})
 # awkward sizes: one token / one feature, primes, sizes just past a block edge
@@ -163,14 +163,12 @@ def test_large_gpu_shapes(backend, x_dtype):
 
 @pytest.mark.parametrize("device,backend", [p for p in BACKENDS if "triton" in str(p.values)])
 @pytest.mark.parametrize("group", [2, 3])
-def test_super_block_ordering_covers_the_lower_triangle(device, backend, group, monkeypatch):
-    """The GPU's super-block program order (FASTEDIT_SYRK_GROUP), with a block count that is not a
-    multiple of the group: every lower block is computed once, nothing above the diagonal is touched."""
-    monkeypatch.setenv("FASTEDIT_SYRK_GROUP", str(group))
+def test_super_block_ordering_covers_the_lower_triangle(device, backend, group):
+    """The GPU's super-block program order (the launcher's ``group``), with a block count that is not
+    a multiple of the group: every lower block is computed once, nothing above the diagonal is touched."""
     x, _, _ = _inputs(40, 150, torch.float32, torch.float32, False, device, seed=7)
     acc = torch.full((150, 150), 5.0, dtype=torch.float32, device=x.device)
-    with ops.use_backend(backend):
-        ops.second_moment_accumulate_(acc, x)
+    syrk_accumulate_triton_(acc, x, group=group)
     expected = 5.0 + second_moment_reference(x, None, None, dtype=torch.float64)
     lower = torch.tril(torch.ones(150, 150, dtype=torch.bool, device=x.device))
     block = 32 if x.device.type == "cpu" else 64  # the launcher's block width for d = 150, float32
