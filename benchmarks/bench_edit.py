@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -130,8 +131,8 @@ def run_throughput(args) -> dict:
     del base_model
     # ---- fastedit -------------------------------------------------------------------------------
     fast_model = model
-    sess = EditSession(fast_model, tok, args.method, hp, mode=args.mode, templates=templates, stats_dir=stats_dir,
-                       progress=False)
+    sess = EditSession(fast_model, tok, args.method, hp, mode=args.mode, options=parse_options(args.option),
+                       templates=templates, stats_dir=stats_dir, progress=False)
     sess.stats = store  # the statistics are already loaded: not part of the timing
     fe_times, phases, errs = [], [], []
     with chrome_trace(args.profile):
@@ -156,6 +157,7 @@ def run_throughput(args) -> dict:
         "model": args.model,
         "method": args.method,
         "mode": args.mode,
+        "options": dataclasses.asdict(sess.options),
         "edits": edits,
         "batch_size": args.batch_size,
         "dtype": args.dtype,
@@ -223,8 +225,12 @@ def run_efficacy(args) -> dict:
 # reference-style baseline measured in the same process on fewer edits.
 GPU_SUITE = [
     ["--model", "gpt2-xl", "--method", "memit", "--mode", "exact", "--edits", "10", "--baseline-edits", "3"],
+    ["--model", "gpt2-xl", "--method", "memit", "--mode", "exact", "--option", "cuda_graph=true", "--edits", "10",
+     "--no-baseline"],
     ["--model", "llama-3-8b", "--method", "memit", "--mode", "fast", "--dtype", "bfloat16", "--edits", "5",
      "--baseline-edits", "2"],
+    ["--model", "llama-3-8b", "--method", "memit", "--mode", "fast", "--dtype", "bfloat16", "--option",
+     "cuda_graph=false", "--edits", "5", "--no-baseline"],
 ]
 
 
@@ -250,6 +256,21 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def parse_options(items) -> dict:
+    """``["cuda_graph=true", "early_stop_patience=3"]`` → FastOptions overrides."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--option {item!r}: expected NAME=VALUE")
+        low = value.strip().lower()
+        out[name.strip()] = (
+            low in ("1", "true", "yes", "on") if low in ("0", "1", "true", "false", "yes", "no", "on", "off")
+            else int(value) if value.strip().isdigit() else value.strip()
+        )
+    return out
+
+
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -265,6 +286,8 @@ def parse(argv=None):
     ap.add_argument("--stats-source", default=str(DATA / "wikipedia" / "enwiki_sample.jsonl"))
     ap.add_argument("--stats-max-len", type=int, default=512)
     ap.add_argument("--stats-samples", type=int, default=None, help="replace mom2_n_samples")
+    ap.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                    help="a fast-mode option for fastedit's session (repeatable), e.g. cuda_graph=true")
     ap.add_argument("--no-baseline", action="store_true", help="time fastedit only")
     ap.add_argument("--efficacy", type=int, default=0, metavar="N", help="efficacy of N sequential edits, exact vs fast")
     ap.add_argument("--profile", default=None, metavar="PATH", help="Chrome trace of fastedit's edits")

@@ -141,7 +141,7 @@ step bench_kernels "$bench_budget" "$PY" benchmarks/bench_kernels.py "${bench_ar
 # write its own JSON there (bench_stats.json, bench_edit.json), which the report below picks up.
 for hook in bench_stats bench_edit; do
   [ "$skip_hooks" = 1 ] && break
-  case "$hook" in bench_edit) hook_budget=170 ;; *) hook_budget=100 ;; esac
+  case "$hook" in bench_edit) hook_budget=240 ;; *) hook_budget=100 ;; esac
   if [ -f "benchmarks/$hook.py" ]; then
     step "$hook" "$hook_budget" env FASTEDIT_GPU_SUITE=1 FASTEDIT_RESULTS_DIR="$results" "$PY" "benchmarks/$hook.py"
   else

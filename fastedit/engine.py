@@ -35,6 +35,7 @@ from .methods.memit import WoodburySolver, memit_updates
 from .methods.rome import rome_updates
 from .methods.templates import memit_templates, rome_templates
 from .models.adapters import get_adapter, get_module
+from .models.precision import LowPrecisionWeights, cpu_has_native_bf16
 from .profiling import PhaseTimer, region
 from .requests import EditRequest, as_requests
 from .stats.cache import model_fingerprint
@@ -59,10 +60,18 @@ class FastOptions:
 
     * ``early_stop``: ENCORE's most-probable early stopping of the target optimisation, after
       ``early_stop_patience`` passes at which every target token is the argmax.
-    * ``low_precision``: the layers above the edit layer run in ``low_precision_dtype`` under autocast
-      during the optimisation (CUDA only; ignored on CPU, where bf16 matmuls are slower).
+    * ``low_precision``: the layers above the edit layer run in ``low_precision_dtype`` during the
+      optimisation: under autocast on GPUs; on CPUs with native bf16 instructions (AVX512-BF16, AMX)
+      on bf16 copies of their weights kept across edits (:mod:`fastedit.models.precision`), since
+      CPU autocast re-casts every weight at every call; ignored on other CPUs, where bf16 is emulated
+      and slower.
     * ``compensated_update``: bf16/fp16 edited weights get a float32 compensation buffer, so small
       updates are not lost to rounding over thousands of edits.
+    * ``cuda_graph``: on GPUs the optimisation step (forward, loss, backward, Adam) is captured once
+      per edit as a CUDA graph and replayed, the stop flag read every few steps
+      (:func:`fastedit.methods.target.compute_target_values`). It changes only rounding (Adam's
+      capturable form); exact mode keeps the eager loop unless asked (``options={"cuda_graph": True}``).
+      Ignored on CPUs.
     """
 
     early_stop: bool = False
@@ -70,12 +79,17 @@ class FastOptions:
     low_precision: bool = False
     low_precision_dtype: str = "bfloat16"
     compensated_update: bool = False
+    cuda_graph: bool = False
 
     @classmethod
     def for_mode(cls, mode: str, overrides: Mapping[str, Any] | None = None) -> "FastOptions":
         if mode not in ("exact", "fast"):
             raise ValueError(f"mode must be 'exact' or 'fast', got {mode!r}")
-        base = cls(early_stop=True, low_precision=True, compensated_update=True) if mode == "fast" else cls()
+        base = (
+            cls(early_stop=True, low_precision=True, compensated_update=True, cuda_graph=True)
+            if mode == "fast"
+            else cls()
+        )
         unknown = set(overrides or {}) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise ValueError(f"unknown fast-mode option(s) {sorted(unknown)}; options: {sorted(cls.__dataclass_fields__)}")
@@ -172,6 +186,7 @@ class EditSession:
         self._woodbury: WoodburySolver | None = None
         self._base: dict[str, torch.Tensor] = {}  # original edited weights, on the CPU
         self._comp: dict[str, torch.Tensor] = {}  # compensation buffers of low-precision weights
+        self._low_precision: LowPrecisionWeights | None = None  # bf16 weight copies (fast mode, CPU)
         self.journal: list[JournalEntry] = []
         self._next_id = 0
         self.history: list[EditResult] = []
@@ -332,8 +347,16 @@ class EditSession:
         if self.options.early_stop:
             opts["early_stop_patience"] = self.options.early_stop_patience
         device = next(self.model.parameters()).device
-        if self.options.low_precision and device.type == "cuda":
-            opts["autocast_dtype"] = getattr(torch, self.options.low_precision_dtype)
+        if self.options.low_precision:
+            dtype = getattr(torch, self.options.low_precision_dtype)
+            if device.type == "cuda":
+                opts["autocast_dtype"] = dtype
+            elif device.type == "cpu" and cpu_has_native_bf16() and dtype == torch.bfloat16:
+                if self._low_precision is None:
+                    self._low_precision = LowPrecisionWeights(dtype)
+                opts["low_precision_weights"] = self._low_precision
+        if self.options.cuda_graph and device.type == "cuda":
+            opts["cuda_graph"] = True
         return opts
 
     def _rome(self, request: EditRequest) -> MethodOutput:

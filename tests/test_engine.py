@@ -243,3 +243,43 @@ def test_bad_inputs(gpt2_tok, tmp_path, corpus):
         EditSession(model, gpt2_tok, "memit")
     with pytest.raises(ValueError, match="mode must be"):
         EditSession(model, gpt2_tok, "memit", {"layers": [1]}, mode="turbo")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_low_precision_on_cpu(native, gpt2_tok, tmp_path, corpus, monkeypatch):
+    """Fast mode's low_precision on a CPU uses bf16 weight copies only where the CPU has native bf16;
+    the edit stays close to the float32 one and the unedited weights are untouched."""
+    import fastedit.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "cpu_has_native_bf16", lambda: native)
+    fast = make(gpt2_tok, tmp_path, corpus, mode="fast", options={"early_stop": False})
+    plain = make(gpt2_tok, tmp_path, corpus, mode="fast", options={"early_stop": False, "low_precision": False})
+    head = fast.model.lm_head.weight.detach().clone()
+    a, b = fast.apply(REQS[0]), plain.apply(REQS[0])
+    assert (fast._low_precision is not None) == native
+    assert torch.equal(fast.model.lm_head.weight, head) and fast.model.lm_head.weight.dtype == torch.float32
+    for x, y in zip(a.updates, b.updates):
+        dx, dy = x.keys_side @ x.values_side.T, y.keys_side @ y.values_side.T
+        rel = float((dx - dy).norm() / dy.norm())
+        assert (rel == 0) == (not native) and rel < 0.3, rel
+
+
+def test_model_dispatched_with_a_device_map(gpt2_tok, tmp_path, corpus):
+    """A model dispatched by accelerate (a device_map, here every part on the CPU, with its hooks
+    forced on) edits exactly as the plain model: the hooks that move activations between devices do
+    not disturb running the upper layers alone, recording activations or reading keys. Several GPUs:
+    tests/test_engine_gpu.py."""
+    from accelerate import dispatch_model
+
+    model = random_model("gpt2", dtype=torch.float64)
+    names = ["transformer.wte", "transformer.wpe", "transformer.drop"]
+    names += [f"transformer.h.{i}" for i in range(model.config.n_layer)] + ["transformer.ln_f", "lm_head"]
+    dispatch_model(model, device_map={n: "cpu" for n in names}, force_hooks=True)
+    assert hasattr(model.transformer.h[2], "_hf_hook")
+    hooked = make(gpt2_tok, tmp_path, corpus, model=model)
+    plain = make(gpt2_tok, tmp_path, corpus, dtype=torch.float64)
+    for r in REQS[:2]:
+        a, b = hooked.apply(r), plain.apply(r)
+        for x, y in zip(a.updates, b.updates):
+            dx, dy = x.keys_side @ x.values_side.T, y.keys_side @ y.values_side.T
+            assert float((dx - dy).norm() / dy.norm()) < 1e-10

@@ -3,13 +3,18 @@
 Skipped without CUDA (``pytest -m gpu`` selects them; benchmarks/gpu_suite.sh runs them).
 """
 
+import logging
+
 import pytest
 import torch
 from gating import requires_cuda
 
 from fastedit.engine import EditSession
 from fastedit.hparams import MEMITHyperParams
-from fastedit.models import random_model
+from fastedit.methods.target import compute_target_values
+from fastedit.models import get_adapter, random_model
+from fastedit.profiling import PhaseTimer
+from fastedit.requests import EditRequest
 from fastedit.stats.synthetic import write_synthetic_second_moments
 
 pytestmark = [pytest.mark.gpu, requires_cuda]
@@ -54,3 +59,62 @@ def test_fast_mode_bf16_on_cuda_edits_and_undoes(gpt2_tok, tmp_path):
     sess.undo(res.edit_id)
     for k, w in sess.edited_weights().items():
         assert torch.equal(w, before[k]), k
+
+
+TARGET_REQS = [
+    EditRequest.from_dict({"case_id": 0, "prompt": "{} plays the sport of", "subject": "LeBron James",
+                           "target_new": "football"}),
+    EditRequest.from_dict({"case_id": 1, "prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux",
+                           "target_new": "English language"}),
+]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_replays_the_step(arch, dtype, gpt2_tok, caplog):
+    """The optimisation step captured as a CUDA graph and replayed gives the eager loop's result (up
+    to Adam's capturable rounding and bf16), and the capture did not fall back to the eager loop."""
+    model = random_model(arch, dtype=dtype, device="cuda")
+    ad = get_adapter(model)
+    hp = MEMITHyperParams.from_dict({"layers": [1], "v_num_grad_steps": 12, "v_loss_layer": 2, "clamp_norm_factor": 4.0})
+    templates = ["{}", "The weather was cold. {}"]
+    eager = compute_target_values(model, gpt2_tok, ad, TARGET_REQS, templates, hp, 1, "block", "loss_layer")
+    with caplog.at_level(logging.WARNING), PhaseTimer() as timer:
+        graphed = compute_target_values(model, gpt2_tok, ad, TARGET_REQS, templates, hp, 1, "block", "loss_layer",
+                                        cuda_graph=True)
+    assert not [r for r in caplog.records if "capture" in r.getMessage()], caplog.text
+    assert "target/replay" in timer.totals and "target/capture" in timer.totals
+    assert graphed.steps == eager.steps
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(graphed.losses, eager.losses, rtol=tol, atol=0, equal_nan=True)
+    rel = float((graphed.values - eager.values).norm() / eager.values.norm())
+    assert rel < tol, rel
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_device_map_over_two_gpus(gpt2_tok, tmp_path):
+    """A model split over two GPUs by a device_map (edited layers on different cards) edits as the
+    same model on one GPU, and each update's factors live on its weight's device."""
+    from accelerate import dispatch_model
+
+    hp = {**HP, "layers": [1, 2]}
+    one = random_model("llama", dtype=torch.float64)
+    split = random_model("llama", dtype=torch.float64)
+    stats = tmp_path / "stats"
+    write_synthetic_second_moments(one, MEMITHyperParams.from_dict(hp), stats)
+    n = split.config.num_hidden_layers
+    dmap = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": 1, "lm_head": 1}
+    dmap.update({f"model.layers.{i}": 0 if i < 2 else 1 for i in range(n)})
+    dispatch_model(split, device_map=dmap)
+    sessions = [
+        EditSession(m, gpt2_tok, "memit", hp, stats_dir=stats, templates=GROUPS, progress=False)
+        for m in (one.to("cuda:0"), split)
+    ]
+    for req in REQS:
+        a, b = (s.apply(req) for s in sessions)
+        for ua, ub in zip(a.updates, b.updates):
+            w = sessions[1].model.get_parameter(ub.weight_name)
+            assert ub.keys_side.device == w.device and ub.values_side.device == w.device
+            da = ua.keys_side.double().cpu() @ ua.values_side.double().cpu().T
+            db = ub.keys_side.double().cpu() @ ub.values_side.double().cpu().T
+            assert float((da - db).norm() / da.norm()) < 1e-8, ua.weight_name

@@ -16,12 +16,14 @@ ROME adds δ to the MLP output of the edit layer, MEMIT to the block output of t
 both enter the residual stream right after that block, so fastedit computes everything below once
 (δ = 0 there) and runs only the layers above during the optimisation (``run_upper_layers``), reads
 logits only at the positions the loss uses, optimises all requests of a batch at once (each with its
-own δ, Adam state and stopping); the only host read in the loop is the stop flag (``sync_stop``).
+own δ, Adam state and stopping); the only host read in the loop is the stop flag (``sync_stop``),
+and on GPUs the whole step can be captured once as a CUDA graph and replayed (``cuda_graph``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.adapters import ModelAdapter, get_module
+from ..models.precision import LowPrecisionWeights
 from ..models.tracing import first_tensor, record
 from ..profiling import region
 from ..requests import EditRequest, RequestError
@@ -38,9 +41,13 @@ from .suffix import SuffixLayout, supports_packing
 __all__ = ["TargetValues", "compute_target_values", "target_token_ids", "STOP_LOSS"]
 
 STOP_LOSS = 5e-2  # the references' early-stopping threshold on the total loss
+GRAPH_WARMUP = 3  # eager steps before a CUDA graph is captured (cuBLAS and autograd set up lazily)
+GRAPH_CHECK_EVERY = 4  # a static loop reads the stop flag once every this many steps
 KL_PROMPT = "{} is a"
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,6 +97,24 @@ def _adam_step(param, grad, m, v, step: int, lr: float, active):
     param.copy_(torch.where(keep, new_p, param))
 
 
+def _adam_step_capturable(param, grad, m, v, step_t: torch.Tensor, lr: float, active):
+    """``torch.optim.Adam``'s step in its ``capturable`` form (the step count ``step_t`` a tensor on
+    the device, so a CUDA graph can replay it): the same update as :func:`_adam_step`, rounded
+    differently in the last bits. Only rows where ``active`` is true change."""
+    b1, b2 = ADAM_BETAS
+    keep = active[:, None]
+    new_m = m.clone().lerp_(grad, 1 - b1)
+    new_v = v.clone().mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    bias_correction1 = 1 - torch.pow(b1, step_t)
+    bias_correction2_sqrt = (1 - torch.pow(b2, step_t)).sqrt()
+    step_size_neg = -(lr / bias_correction1)
+    denom = (new_v.sqrt() / (bias_correction2_sqrt * step_size_neg)).add_(ADAM_EPS / step_size_neg)
+    new_p = param.clone().addcdiv_(new_m, denom)
+    m.copy_(torch.where(keep, new_m, m))
+    v.copy_(torch.where(keep, new_v, v))
+    param.copy_(torch.where(keep, new_p, param))
+
+
 def compute_target_values(
     model,
     tok,
@@ -103,8 +128,10 @@ def compute_target_values(
     delta_dtype: torch.dtype | None = None,
     early_stop_patience: int | None = None,
     autocast_dtype: torch.dtype | None = None,
+    low_precision_weights: LowPrecisionWeights | None = None,
     pack: bool = True,
     sync_stop: bool = True,
+    cuda_graph: bool = False,
 ) -> TargetValues:
     """Optimise v* (ROME: ``delta_site="mlp"``, ``nll_from="logits"``) or z (MEMIT:
     ``delta_site="block"``, ``nll_from="loss_layer"``) for every request at once.
@@ -120,6 +147,10 @@ def compute_target_values(
       prompt out of the check; here all rewrite prompts count.
     * ``autocast_dtype``: run the layers above the edit layer under ``torch.autocast`` in this dtype
       (bf16 on GPUs); δ, the loss and Adam stay in float32.
+    * ``low_precision_weights`` (CPUs with native bf16): the layers above the edit layer, the final
+      norm and the LM head run on the cached low-precision copies of their weights
+      (:mod:`fastedit.models.precision`), on a residual stream cast to that dtype; δ, the
+      log-softmax, the loss and Adam stay in float32.
 
     ``pack`` (both modes; it changes only rounding): run each iteration over the prompts' suffixes
     from their lookup token on, packed without padding, on top of a cache of their prefixes
@@ -129,7 +160,14 @@ def compute_target_values(
     from the device per step. Most requests stop long before ``v_num_grad_steps`` (the loss falls
     under 5e-2 in a few steps), and the steps skipped cost far more than the read. Off (GPU only), the
     loop has no host synchronisation: stopped requests are frozen on the device and the loop runs all
-    steps (what a captured CUDA graph needs).
+    steps.
+
+    ``cuda_graph``: run the optimisation as one static step (forward, loss, backward, Adam in torch's
+    capturable form, every counter on the device) and, on a GPU, capture that step as a CUDA graph
+    after ``GRAPH_WARMUP`` eager steps and replay it, reading the stop flag once every
+    ``GRAPH_CHECK_EVERY`` steps (with ``sync_stop``). One replay costs a single launch instead of the
+    model's per-layer Python, which is what bounds small-batch editing on a GPU. On a CPU the same
+    static step runs without capture. It changes only rounding (Adam's capturable form).
     """
     device = next(model.parameters()).device
     n_req = len(requests)
@@ -201,30 +239,16 @@ def compute_target_values(
             model(**batch.model_inputs(), use_cache=False)
         hidden = rec.outputs[block_name]  # (B, S, d): residual stream after the edit layer
         site = rec.outputs[mlp_name] if delta_site == "mlp" else hidden
-        v_init = site[first_rows, look_pos[first_rows]].clone()  # (n, d), model dtype
+        rows0 = first_rows.to(site.device)
+        v_init = site[rows0, look_pos.to(site.device)[rows0]].clone()  # (n, d), model dtype
 
-    packed = pack and supports_packing(model)
-    if packed:
-        with region("target/prefix"):
-            layout = SuffixLayout.build(
-                lengths, positions, hidden.shape[1], device, hidden.dtype,
-                boolean_mask=model.config._attn_implementation == "sdpa",
-            )
-            flat = hidden.reshape(-1, hidden.shape[-1])
-            cache = layout.prefix_cache(adapter, model, flat, layer + 1)
-            suffix_base = flat[layout.suf_index]  # (rows, Q, d)
-            delta_r, delta_c = layout.slot_row, layout.slot_start  # each prompt's lookup token
-            lab_r, lab_c = layout.slots(lab_rows, lab_pos)
-            kl_r, kl_c = layout.slots(kl_rows_t, kl_pos)
-
-    w_dtype = delta_dtype or (torch.float64 if hidden.dtype == torch.float64 else torch.float32)
-    delta = torch.zeros((n_req, hidden.shape[-1]), dtype=w_dtype, device=device, requires_grad=True)
-    m = torch.zeros_like(delta, requires_grad=False)
-    v = torch.zeros_like(delta, requires_grad=False)
-    active = torch.ones(n_req, dtype=torch.bool, device=device)
-    init_norm = v_init.to(w_dtype).norm(dim=-1)  # (n,)
-    max_norm = hp.clamp_norm_factor * init_norm
-    steps_taken = torch.zeros(n_req, dtype=torch.long, device=device)
+    # With a device_map the edit layer may sit on another device than the embedding: δ, its Adam
+    # state and the index tensors live where the edit layer's output does, the loss where the LM
+    # head is (both the same device otherwise).
+    device = hidden.device
+    lab_rows, lab_pos, look_rows, look_pos, look_req, kl_rows_t, kl_pos = (
+        t.to(device) for t in (lab_rows, lab_pos, look_rows, look_pos, look_req, kl_rows_t, kl_pos)
+    )
 
     lm_w, lm_b = adapter.lm_head(model)
     if hp.lm_head_module:
@@ -232,98 +256,221 @@ def compute_target_values(
         lm_w, lm_b = head.weight, getattr(head, "bias", None)
     ln_f = get_module(model, hp.ln_f_module or adapter.ln_f_module)
     model_head = model.get_output_embeddings()
-    loss_block = (hp.layer_module_tmp or adapter.layer_module_tmp).format(loss_layer)
-    read_loss_layer = nll_from == "loss_layer" and loss_layer < n_layers - 1
+    run_dtype = hidden.dtype
+    swap = contextlib.ExitStack()
+    if low_precision_weights is not None and autocast_dtype is None:
+        upper = list(get_module(model, adapter.layers))[layer + 1 :]
+        modules = upper + [ln_f, model_head] + ([head] if hp.lm_head_module else [])
+        if adapter.position_embedding:  # GPT-2 adds zero positions in its dtype (upper_layers_only)
+            modules.append(get_module(model, adapter.position_embedding))
+        with region("target/prefix"):
+            swap.enter_context(low_precision_weights.swapped(modules))
+        run_dtype = low_precision_weights.dtype
 
-    kl_init = None
-    losses = []
-    hits = torch.zeros(n_req, dtype=torch.long, device=device)
-    n_labels = torch.zeros(n_req, dtype=torch.long, device=device).index_add(0, lab_req, torch.ones_like(lab_req))
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
-    # The references run v_num_grad_steps forward passes, the last of which only reports its loss
-    # and breaks before stepping: it cannot change δ, so it is not run here.
-    n_iter = hp.v_num_grad_steps - 1
-    saved_grad = [p.requires_grad for p in model.parameters()]
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for it in range(n_iter):
+    packed = pack and supports_packing(model)
+    with swap:
+        if packed:
+            with region("target/prefix"):
+                layout = SuffixLayout.build(
+                    lengths, positions, hidden.shape[1], device, run_dtype,
+                    boolean_mask=model.config._attn_implementation == "sdpa",
+                )
+                flat = hidden.reshape(-1, hidden.shape[-1])
+                cache = layout.prefix_cache(adapter, model, flat.to(run_dtype), layer + 1)
+                suffix_base = flat[layout.suf_index]  # (rows, Q, d)
+                delta_r, delta_c = layout.slot_row, layout.slot_start  # each prompt's lookup token
+                lab_r, lab_c = layout.slots(lab_rows, lab_pos)
+                kl_r, kl_c = layout.slots(kl_rows_t, kl_pos)
+
+        w_dtype = delta_dtype or (torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+        delta = torch.zeros((n_req, hidden.shape[-1]), dtype=w_dtype, device=device, requires_grad=True)
+        m = torch.zeros_like(delta, requires_grad=False)
+        v = torch.zeros_like(delta, requires_grad=False)
+        active = torch.ones(n_req, dtype=torch.bool, device=device)
+        init_norm = v_init.to(w_dtype).norm(dim=-1)  # (n,)
+        max_norm = hp.clamp_norm_factor * init_norm
+        steps_taken = torch.zeros(n_req, dtype=torch.long, device=device)
+
+        loss_block = (hp.layer_module_tmp or adapter.layer_module_tmp).format(loss_layer)
+        read_loss_layer = nll_from == "loss_layer" and loss_layer < n_layers - 1
+
+        out_dev = lm_w.device
+        lab_ids, lab_req, lab_w = lab_ids.to(out_dev), lab_req.to(out_dev), lab_w.to(out_dev)
+        hits = torch.zeros(n_req, dtype=torch.long, device=device)
+        n_labels = torch.zeros(n_req, dtype=torch.long, device=out_dev).index_add(0, lab_req, torch.ones_like(lab_req))
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        # The references run v_num_grad_steps forward passes, the last of which only reports its loss
+        # and breaks before stepping: it cannot change δ, so it is not run here.
+        n_iter = hp.v_num_grad_steps - 1
+        loss_buf = torch.full((max(n_iter, 0), n_req), torch.nan, dtype=w_dtype, device=device)
+        # static (graph-mode) iteration counters: the row of loss_buf and Adam's step, on the device
+        it_t = torch.zeros(1, dtype=torch.long, device=device)
+        step_t = torch.zeros((), dtype=torch.float64 if w_dtype == torch.float64 else torch.float32, device=device)
+        kl_init: list[torch.Tensor] = []
+
+        def forward_loss(it: int | None) -> torch.Tensor:
+            """One forward pass and the loss of every request; records the loss at iteration ``it``
+            (``None``: at ``it_t``, on the device) and updates the stop flags in place."""
             with region("target/forward"), autocast:
                 if packed:
                     add = torch.zeros_like(suffix_base)
                     add[delta_r, delta_c] = delta[look_req].to(suffix_base.dtype)
-                    h = suffix_base + add
-                    if read_loss_layer and loss_layer == layer:
-                        # the loss reads the edited layer's own (δ-shifted) output
-                        top = layout.run_suffix(adapter, model, h, layer + 1, cache)
-                        nll_hidden = ln_f(h[lab_r, lab_c])
-                    elif read_loss_layer:
-                        with record(model, outputs=[loss_block], detach=False) as rec:
-                            top = layout.run_suffix(adapter, model, h, layer + 1, cache)
-                        nll_hidden = ln_f(rec.outputs[loss_block][lab_r, lab_c])
-                    else:
-                        top = layout.run_suffix(adapter, model, h, layer + 1, cache)
-                        nll_hidden = top[lab_r, lab_c]
-                    kl_top = top[kl_r, kl_c]
+                    h = (suffix_base + add).to(run_dtype)
+                    rows, cols, krows, kcols = lab_r, lab_c, kl_r, kl_c
+
+                    def run():
+                        return layout.run_suffix(adapter, model, h, layer + 1, cache)
                 else:
                     add = torch.zeros_like(hidden)
                     add[look_rows, look_pos] = delta[look_req].to(hidden.dtype)
-                    h = hidden + add
-                    if read_loss_layer and loss_layer == layer:
-                        top = adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
-                        nll_hidden = ln_f(h[lab_rows, lab_pos])
-                    elif read_loss_layer:
-                        with record(model, outputs=[loss_block], detach=False) as rec:
-                            top = adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
-                        nll_hidden = ln_f(rec.outputs[loss_block][lab_rows, lab_pos])
-                    else:
-                        top = adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
-                        nll_hidden = top[lab_rows, lab_pos]
-                    kl_top = top[kl_rows_t, kl_pos]
-                if nll_from == "logits":
-                    nll_logits = model_head(nll_hidden)
+                    h = (hidden + add).to(run_dtype)
+                    rows, cols, krows, kcols = lab_rows, lab_pos, kl_rows_t, kl_pos
+
+                    def run():
+                        return adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
+                if read_loss_layer and loss_layer == layer:
+                    # the loss reads the edited layer's own (δ-shifted) output
+                    top = run()
+                    nll_hidden = ln_f(h[rows, cols])
+                elif read_loss_layer:
+                    with record(model, outputs=[loss_block], detach=False) as rec:
+                        top = run()
+                    nll_hidden = ln_f(_at(rec.outputs[loss_block], rows, cols))
                 else:
-                    nll_logits = F.linear(nll_hidden, lm_w, lm_b)
+                    top = run()
+                    nll_hidden = _at(top, rows, cols)
+                kl_top = _at(top, krows, kcols).to(out_dev)
+                if nll_from == "logits":
+                    nll_logits = model_head(nll_hidden.to(out_dev))
+                else:
+                    nll_logits = F.linear(nll_hidden.to(out_dev), lm_w, lm_b)
                 logp = torch.log_softmax(nll_logits.float() if nll_logits.dtype != torch.float64 else nll_logits, -1)
                 tok_lp = logp.gather(1, lab_ids[:, None])[:, 0]
-                nll = torch.zeros(n_req, dtype=tok_lp.dtype, device=device).index_add(
+                nll = torch.zeros(n_req, dtype=tok_lp.dtype, device=out_dev).index_add(
                     0, lab_req, -tok_lp * lab_w.to(tok_lp.dtype)
                 )
                 kl_logits = model_head(kl_top)
                 kl_lp = torch.log_softmax(kl_logits.float() if kl_logits.dtype != torch.float64 else kl_logits, -1)
-                if kl_init is None:
-                    kl_init = kl_lp.detach().clone()
+                if not kl_init:
+                    kl_init.append(kl_lp.detach().clone())
                 # kl_div(init, current, log_target=True, batchmean) with one KL prompt per request
-                kl = (kl_lp.exp() * (kl_lp - kl_init)).sum(-1)
+                kl = (kl_lp.exp() * (kl_lp - kl_init[0])).sum(-1)
                 decay = hp.v_weight_decay * delta.norm(dim=-1) / init_norm**2
-                loss = nll.to(delta.dtype) + hp.kl_factor * kl.to(delta.dtype) + decay
-            losses.append(torch.where(active, loss.detach(), torch.nan))
-            active = active & ~(loss.detach() < STOP_LOSS)
+                loss = (nll.to(delta.dtype) + hp.kl_factor * kl.to(delta.dtype)).to(device) + decay
+            shown = torch.where(active, loss.detach(), torch.nan)
+            if it is None:
+                loss_buf.index_copy_(0, it_t, shown[None])
+            else:
+                loss_buf[it] = shown
+            active.logical_and_(~(loss.detach() < STOP_LOSS))
             if early_stop_patience:
                 correct = (nll_logits.detach().argmax(-1) == lab_ids).long()
-                all_right = torch.zeros_like(hits).index_add(0, lab_req, correct) == n_labels
-                hits = hits + (active & all_right).long()
-                active = active & (hits < early_stop_patience)
-            if (sync_stop or device.type == "cpu") and not bool(active.any()):
-                break
+                all_right = (torch.zeros_like(n_labels).index_add(0, lab_req, correct) == n_labels).to(device)
+                hits.add_((active & all_right).long())
+                active.logical_and_(hits < early_stop_patience)
+            return loss
+
+        def backward_update(loss: torch.Tensor, it: int | None) -> None:
+            """Gradient of the loss for δ, one Adam step on the active requests, the norm clamp.
+            ``it`` is the iteration (``None``: Adam's step count lives on the device, in ``step_t``,
+            and Adam runs in torch's capturable form)."""
             with region("target/backward"):
                 grad = torch.autograd.grad(loss.sum(), delta)[0]
             with region("target/adam"), torch.no_grad():
-                _adam_step(delta, grad, m, v, it + 1, hp.v_lr, active)
+                if it is None:
+                    step_t.add_(1)
+                    _adam_step_capturable(delta, grad, m, v, step_t, hp.v_lr, active)
+                    it_t.add_(1)
+                else:
+                    _adam_step(delta, grad, m, v, it + 1, hp.v_lr, active)
                 norms = delta.norm(dim=-1)
                 over = active & (norms > max_norm)
                 scale = torch.where(over, max_norm / norms, torch.ones_like(norms))
                 delta.mul_(scale[:, None])
-                steps_taken += active.long()
-    finally:
-        for p, g in zip(model.parameters(), saved_grad):
-            p.requires_grad_(g)
+                steps_taken.add_(active.long())
+
+        one_device = len({p.device for p in model.parameters()}) == 1
+        use_graph = cuda_graph and device.type == "cuda" and one_device and n_iter > GRAPH_WARMUP
+        saved_grad = [p.requires_grad for p in model.parameters()]
+        try:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            if cuda_graph:
+                n_run = _run_static(forward_loss, backward_update, n_iter, active, use_graph, sync_stop)
+            else:
+                n_run = 0
+                for it in range(n_iter):
+                    loss = forward_loss(it)
+                    n_run = it + 1
+                    if (sync_stop or device.type == "cpu") and not bool(active.any()):
+                        break
+                    backward_update(loss, it)
+        finally:
+            for p, g in zip(model.parameters(), saved_grad):
+                p.requires_grad_(g)
 
     delta = delta.detach()
     values = v_init.to(delta.dtype) + delta
-    loss_curve = torch.stack(losses) if losses else torch.empty((0, n_req))
-    return TargetValues(values=values, v_init=v_init, delta=delta, losses=loss_curve.cpu(), steps=steps_taken.tolist())
+    loss_curve = loss_buf[:n_run].cpu()
+    while len(loss_curve) and bool(loss_curve[-1].isnan().all()):
+        loss_curve = loss_curve[:-1]  # a static loop runs on after every request has stopped
+    return TargetValues(values=values, v_init=v_init, delta=delta, losses=loss_curve, steps=steps_taken.tolist())
+
+
+def _at(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``x[rows, cols]`` with the indices moved to ``x``'s device (a no-op on one device)."""
+    return x[rows.to(x.device), cols.to(x.device)]
+
+
+def _run_static(forward_loss, backward_update, n_iter: int, active, use_graph: bool, sync_stop: bool) -> int:
+    """The optimisation as one static step (forward, loss, backward, Adam) repeated ``n_iter`` times:
+    the first ``GRAPH_WARMUP`` steps run eagerly (on a side stream when capturing), then, with
+    ``use_graph``, one step is captured as a CUDA graph and replayed for the rest; without it (CPUs,
+    tests) the same step is called directly. The stop flag is read once every ``GRAPH_CHECK_EVERY``
+    steps (if ``sync_stop``); stopped requests stay frozen on the device in between. Returns the
+    number of steps run. If capture fails, the remaining steps run eagerly."""
+
+    def step():
+        backward_update(forward_loss(None), None)
+
+    def stopped(done: int) -> bool:
+        return sync_stop and done % GRAPH_CHECK_EVERY == 0 and not bool(active.any())
+
+    done = 0
+    warm = min(n_iter, GRAPH_WARMUP)
+    if use_graph:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warm):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        done = warm
+        if done < n_iter and not (sync_stop and not bool(active.any())):
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with region("target/capture"), torch.cuda.graph(graph):
+                    step()
+            except Exception as exc:  # e.g. an operation the model runs is not capturable
+                log.warning("CUDA graph capture of the optimisation step failed (%s); running it eagerly", exc)
+                graph = None
+            while done < n_iter:
+                if graph is None:
+                    step()
+                else:
+                    with region("target/replay"):
+                        graph.replay()
+                done += 1
+                if stopped(done):
+                    break
+        return done
+    while done < n_iter:
+        step()
+        done += 1
+        if stopped(done):
+            break
+    return done

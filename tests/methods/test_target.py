@@ -16,17 +16,23 @@ REQS = [
 TEMPLATES = ["{}", "The weather was cold. {}", "Because of this, we know. {}"]
 
 
+def edit_setup(arch, method, steps, dtype=torch.float32):
+    """A random model of ``arch`` and hyperparameters editing its layer 1 with ``method``: (model,
+    adapter, hparams, where δ enters, where the NLL is read)."""
+    model = random_model(arch, dtype=dtype)
+    cls = ROMEHyperParams if method == "rome" else MEMITHyperParams
+    hp = cls.from_dict({"layers": [1], "v_num_grad_steps": steps, "v_loss_layer": 2 if method == "memit" else 3,
+                        "clamp_norm_factor": 4.0})
+    site, source = ("mlp", "logits") if method == "rome" else ("block", "loss_layer")
+    return model, get_adapter(model), hp, site, source
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama", "qwen2"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("method", ["rome", "memit"])
 def test_packed_equals_padded(arch, attn, method, gpt2_tok):
-    model = random_model(arch, dtype=torch.float64)
+    model, ad, hp, site, source = edit_setup(arch, method, 5, torch.float64)
     model.config._attn_implementation = attn
-    ad = get_adapter(model)
-    cls = ROMEHyperParams if method == "rome" else MEMITHyperParams
-    hp = cls.from_dict({"layers": [1], "v_num_grad_steps": 5, "v_loss_layer": 2 if method == "memit" else 3,
-                        "clamp_norm_factor": 4.0})
-    site, source = ("mlp", "logits") if method == "rome" else ("block", "loss_layer")
     a = compute_target_values(model, gpt2_tok, ad, REQS, TEMPLATES, hp, 1, site, source, pack=True)
     b = compute_target_values(model, gpt2_tok, ad, REQS, TEMPLATES, hp, 1, site, source, pack=False)
     # float64 models; eager attention takes its softmax in float32 (and GPT-J and GPT-NeoX compute
@@ -35,3 +41,113 @@ def test_packed_equals_padded(arch, attn, method, gpt2_tok):
     assert torch.equal(a.v_init, b.v_init)
     assert torch.allclose(a.losses, b.losses, rtol=tol, atol=0, equal_nan=True)
     assert float((a.values - b.values).norm() / b.values.norm()) < tol
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama", "qwen2"])
+@pytest.mark.parametrize("pack", [True, False])
+@pytest.mark.parametrize("method", ["rome", "memit"])
+def test_low_precision_weights(arch, pack, method, gpt2_tok):
+    """Fast mode on CPUs: the layers above run on bf16 copies of their weights. δ stays float32 and
+    the loss curve stays within bf16 rounding of the float32 optimisation's (δ itself is compared by
+    its norm: Adam's first steps move each coordinate by ±lr whatever its gradient's size, so the
+    direction of coordinates with near-zero gradients follows rounding); the model's weights are left
+    exactly as they were."""
+    from fastedit.models.precision import LowPrecisionWeights
+
+    model, ad, hp, site, source = edit_setup(arch, method, 5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = compute_target_values(model, gpt2_tok, ad, REQS, TEMPLATES, hp, 1, site, source, pack=pack)
+    lp = LowPrecisionWeights()
+    low = compute_target_values(model, gpt2_tok, ad, REQS, TEMPLATES, hp, 1, site, source, pack=pack,
+                                low_precision_weights=lp)
+    assert low.values.dtype == torch.float32 and lp.casts > 0
+    assert torch.equal(low.v_init, ref.v_init) and low.steps == ref.steps
+    assert not torch.equal(low.losses, ref.losses)  # it did run in bf16
+    assert torch.allclose(low.losses, ref.losses, rtol=1e-3, atol=0, equal_nan=True)
+    assert torch.allclose(low.delta.norm(dim=-1), ref.delta.norm(dim=-1), rtol=1e-2)
+    for k, v in model.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+    casts = lp.casts
+    again = compute_target_values(model, gpt2_tok, ad, REQS, TEMPLATES, hp, 1, site, source, pack=pack,
+                                  low_precision_weights=lp)
+    assert lp.casts == casts and torch.equal(again.values, low.values)  # copies reused, same result
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+@pytest.mark.parametrize("pack", [True, False])
+@pytest.mark.parametrize("method", ["rome", "memit"])
+def test_static_step_equals_the_loop(arch, pack, method, gpt2_tok):
+    """The static step that a CUDA graph captures (every counter on the device, Adam in its
+    capturable form, the stop flag read every few steps) gives the loop's result up to rounding; on
+    a CPU it runs uncaptured."""
+    model, ad, hp, site, source = edit_setup(arch, method, 9, torch.float64)
+    a = compute_target_values(model, gpt2_tok, ad, REQS, TEMPLATES, hp, 1, site, source, pack=pack)
+    b = compute_target_values(model, gpt2_tok, ad, REQS, TEMPLATES, hp, 1, site, source, pack=pack, cuda_graph=True)
+    assert a.steps == b.steps == [8, 8]
+    assert a.losses.shape == b.losses.shape
+    assert torch.allclose(a.losses, b.losses, rtol=1e-12, atol=0, equal_nan=True)
+    assert float((a.values - b.values).norm() / a.values.norm()) < 1e-12
+
+
+def test_static_step_stops_like_the_loop(gpt2_tok):
+    """Requests that stop at different iterations (one target already the argmax, early stopping
+    with patience 1) keep the loop's steps, and the loss curve ends where the loop's does."""
+    model = random_model("gpt2", dtype=torch.float64)
+    ad = get_adapter(model)
+    prompt = "LeBron James plays the sport of"
+    with torch.no_grad():
+        top = model(**gpt2_tok(prompt, return_tensors="pt")).logits[0, -1].topk(50).indices.tolist()
+    guess = next(t for t in top if gpt2_tok.decode([t]).startswith(" ") and gpt2_tok(gpt2_tok.decode([t]))["input_ids"] == [t])
+    easy = EditRequest.from_dict({"prompt": "{} plays the sport of", "subject": "LeBron James",
+                                  "target_new": gpt2_tok.decode([guess]).strip()})
+    hp = MEMITHyperParams.from_dict({"layers": [1], "v_num_grad_steps": 9, "v_loss_layer": 2, "clamp_norm_factor": 4.0})
+    for reqs in ([easy, REQS[1]], [easy]):
+        a = compute_target_values(model, gpt2_tok, ad, reqs, ["{}"], hp, 1, "block", "loss_layer", early_stop_patience=1)
+        b = compute_target_values(model, gpt2_tok, ad, reqs, ["{}"], hp, 1, "block", "loss_layer", early_stop_patience=1,
+                                  cuda_graph=True)
+        assert a.steps == b.steps and a.steps[0] == 0
+        assert a.losses.shape == b.losses.shape
+        assert torch.allclose(a.losses, b.losses, rtol=1e-12, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama", "qwen2"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_static_step_reads_nothing_from_the_device(arch, attn, gpt2_tok, monkeypatch):
+    """What a CUDA graph captures must not read a tensor's value on the host (that would be a
+    synchronisation, which capture forbids): the static step runs here with every such read
+    raising."""
+    import fastedit.methods.target as target
+
+    model = random_model(arch)
+    model.config._attn_implementation = attn
+    ad = get_adapter(model)
+    hp = MEMITHyperParams.from_dict({"layers": [1], "v_num_grad_steps": 4, "v_loss_layer": 2, "clamp_norm_factor": 4.0})
+    reads = ("item", "tolist", "__bool__", "__int__", "__float__", "numpy")
+    calls = []
+
+    def forbid(name):
+        def read(self, *a, **k):
+            raise AssertionError(f"host read Tensor.{name} inside the static step")
+        return read
+
+    original = target._run_static
+
+    def guarded(forward_loss, backward_update, n_iter, active, use_graph, sync_stop):
+        def fwd(it):
+            with monkeypatch.context() as mp:
+                for name in reads:
+                    mp.setattr(torch.Tensor, name, forbid(name))
+                calls.append(it)
+                return forward_loss(it)
+
+        def bwd(loss, it):
+            with monkeypatch.context() as mp:
+                for name in reads:
+                    mp.setattr(torch.Tensor, name, forbid(name))
+                backward_update(loss, it)
+
+        return original(fwd, bwd, n_iter, active, use_graph, sync_stop=False)
+
+    monkeypatch.setattr(target, "_run_static", guarded)
+    out = compute_target_values(model, gpt2_tok, ad, REQS, TEMPLATES, hp, 1, "block", "loss_layer", cuda_graph=True)
+    assert calls == [None, None, None] and out.steps == [3, 3]
