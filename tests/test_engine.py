@@ -283,3 +283,31 @@ def test_model_dispatched_with_a_device_map(gpt2_tok, tmp_path, corpus):
         for x, y in zip(a.updates, b.updates):
             dx, dy = x.keys_side @ x.values_side.T, y.keys_side @ y.values_side.T
             assert float((dx - dy).norm() / dy.norm()) < 1e-10
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_failure_inside_the_bf16_optimisation_restores_every_weight(error, gpt2_tok, tmp_path, corpus, monkeypatch):
+    """Fast mode on a CPU swaps bf16 copies into the upper layers during the optimisation: a failure
+    in the middle of it (an exception or Ctrl-C in an Adam step) gives every parameter back its own
+    float32 tensor, unchanged."""
+    import fastedit.engine as engine_mod
+    import fastedit.methods.target as target_mod
+
+    monkeypatch.setattr(engine_mod, "cpu_has_native_bf16", lambda: True)
+    sess = make(gpt2_tok, tmp_path, corpus, mode="fast")
+    sess.apply(REQS[0])
+    before = {k: v.detach().clone() for k, v in sess.model.named_parameters()}
+    real, calls = target_mod._adam_step, {"n": 0}
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise error("injected in the optimisation")
+        return real(*a, **k)
+
+    monkeypatch.setattr(target_mod, "_adam_step", failing)
+    with pytest.raises(KeyboardInterrupt if error is KeyboardInterrupt else EditFailedError):
+        sess.apply(REQS[1])
+    assert calls["n"] == 2
+    for k, w in sess.model.named_parameters():
+        assert w.dtype == before[k].dtype and torch.equal(w, before[k]), k
