@@ -34,3 +34,24 @@ def gpt2_tok():
     from fastedit.models import gpt2_tokenizer
 
     return gpt2_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def own_guess_request():
+    """``own_guess_request(model, tok)``: a request whose target is the model's own top single-token
+    guess for "LeBron James plays the sport of", so its target optimisation can stop at once (a random
+    model barely moves its output in a few steps)."""
+
+    def make(model, tok):
+        import torch
+
+        from fastedit.requests import EditRequest
+
+        with torch.no_grad():
+            logits = model(**tok("LeBron James plays the sport of", return_tensors="pt").to(model.device)).logits
+        top = logits[0, -1].topk(50).indices.tolist()
+        guess = next(t for t in top if tok.decode([t]).startswith(" ") and tok(tok.decode([t]))["input_ids"] == [t])
+        return EditRequest.from_dict({"prompt": "{} plays the sport of", "subject": "LeBron James",
+                                      "target_new": tok.decode([guess]).strip()})
+
+    return make

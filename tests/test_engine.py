@@ -10,7 +10,7 @@ from fastedit.hparams import HyperParamsError
 from fastedit.methods import memit as memit_mod
 from fastedit.methods.target import compute_target_values
 from fastedit.models import get_adapter, random_model
-from fastedit.requests import EditRequest, RequestError
+from fastedit.requests import RequestError
 from fastedit.stats.store import SecondMomentStore
 
 REQS = [
@@ -207,19 +207,14 @@ def test_compensated_update_on_bf16_weights(gpt2_tok, tmp_path, corpus):
     assert with_comp < alone / 50, (with_comp, alone)
 
 
-def test_early_stop_ends_the_optimisation_sooner(gpt2_tok):
+def test_early_stop_ends_the_optimisation_sooner(gpt2_tok, own_guess_request):
     """A target that is already the argmax stops at the first pass with patience 1 (a random model
     barely moves its output in a few steps, so the target is picked to be the model's own guess)."""
     model = random_model("gpt2")
     ad = get_adapter(model)
     from fastedit.hparams import MEMITHyperParams
 
-    prompt = "LeBron James plays the sport of"
-    with torch.no_grad():
-        top = model(**gpt2_tok(prompt, return_tensors="pt")).logits[0, -1].topk(50).indices.tolist()
-    guess = next(t for t in top if gpt2_tok.decode([t]).startswith(" ") and gpt2_tok(gpt2_tok.decode([t]))["input_ids"] == [t])
-    req = EditRequest.from_dict({"prompt": "{} plays the sport of", "subject": "LeBron James",
-                                 "target_new": gpt2_tok.decode([guess]).strip()})
+    req = own_guess_request(model, gpt2_tok)
     hp = MEMITHyperParams.from_dict({**HP, "v_num_grad_steps": 6})
     full = compute_target_values(model, gpt2_tok, ad, [req], ["{}"], hp, 2, "block", "loss_layer")
     short = compute_target_values(model, gpt2_tok, ad, [req], ["{}"], hp, 2, "block", "loss_layer", early_stop_patience=1)

@@ -89,17 +89,12 @@ def test_static_step_equals_the_loop(arch, pack, method, gpt2_tok):
     assert float((a.values - b.values).norm() / a.values.norm()) < 1e-12
 
 
-def test_static_step_stops_like_the_loop(gpt2_tok):
+def test_static_step_stops_like_the_loop(gpt2_tok, own_guess_request):
     """Requests that stop at different iterations (one target already the argmax, early stopping
     with patience 1) keep the loop's steps, and the loss curve ends where the loop's does."""
     model = random_model("gpt2", dtype=torch.float64)
     ad = get_adapter(model)
-    prompt = "LeBron James plays the sport of"
-    with torch.no_grad():
-        top = model(**gpt2_tok(prompt, return_tensors="pt")).logits[0, -1].topk(50).indices.tolist()
-    guess = next(t for t in top if gpt2_tok.decode([t]).startswith(" ") and gpt2_tok(gpt2_tok.decode([t]))["input_ids"] == [t])
-    easy = EditRequest.from_dict({"prompt": "{} plays the sport of", "subject": "LeBron James",
-                                  "target_new": gpt2_tok.decode([guess]).strip()})
+    easy = own_guess_request(model, gpt2_tok)
     hp = MEMITHyperParams.from_dict({"layers": [1], "v_num_grad_steps": 9, "v_loss_layer": 2, "clamp_norm_factor": 4.0})
     for reqs in ([easy, REQS[1]], [easy]):
         a = compute_target_values(model, gpt2_tok, ad, reqs, ["{}"], hp, 1, "block", "loss_layer", early_stop_patience=1)
