@@ -263,11 +263,11 @@ def parse_options(items) -> dict:
         name, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--option {item!r}: expected NAME=VALUE")
-        low = value.strip().lower()
-        out[name.strip()] = (
-            low in ("1", "true", "yes", "on") if low in ("0", "1", "true", "false", "yes", "no", "on", "off")
-            else int(value) if value.strip().isdigit() else value.strip()
-        )
+        value = value.strip()
+        if value.lower() in ("true", "yes", "on", "false", "no", "off"):
+            out[name.strip()] = value.lower() in ("true", "yes", "on")
+        else:
+            out[name.strip()] = int(value) if value.isdigit() else value
     return out
 
 

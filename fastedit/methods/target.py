@@ -77,10 +77,13 @@ def target_token_ids(tok, request: EditRequest, strip_bos: bool) -> list[int]:
     return ids
 
 
-def _adam_step(param, grad, m, v, step: int, lr: float, active):
-    """One step of ``torch.optim.Adam`` (defaults: betas (0.9, 0.999), eps 1e-8, no weight decay) with
-    the same in-place operations in the same order as its single-tensor path, applied only to the
-    rows where ``active`` is true (a stopped request keeps its δ and its moments).
+def _adam_step(param, grad, m, v, step: int | torch.Tensor, lr: float, active):
+    """One step of ``torch.optim.Adam`` (defaults: betas (0.9, 0.999), eps 1e-8, no weight decay),
+    applied only to the rows where ``active`` is true (a stopped request keeps its δ and its moments).
+
+    With an int ``step``: the same in-place operations in the same order as Adam's single-tensor
+    path. With a tensor ``step`` (on the device, so a CUDA graph can replay it): Adam's
+    ``capturable`` form, the same update rounded differently in the last bits.
 
     param, grad, m, v: (n, d); active: (n,) bool.
     """
@@ -88,28 +91,16 @@ def _adam_step(param, grad, m, v, step: int, lr: float, active):
     keep = active[:, None]
     new_m = m.clone().lerp_(grad, 1 - b1)
     new_v = v.clone().mul_(b2).addcmul_(grad, grad, value=1 - b2)
-    bias_correction1 = 1 - b1**step
-    bias_correction2_sqrt = (1 - b2**step) ** 0.5
-    denom = (new_v.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
-    new_p = param.clone().addcdiv_(new_m, denom, value=-(lr / bias_correction1))
-    m.copy_(torch.where(keep, new_m, m))
-    v.copy_(torch.where(keep, new_v, v))
-    param.copy_(torch.where(keep, new_p, param))
-
-
-def _adam_step_capturable(param, grad, m, v, step_t: torch.Tensor, lr: float, active):
-    """``torch.optim.Adam``'s step in its ``capturable`` form (the step count ``step_t`` a tensor on
-    the device, so a CUDA graph can replay it): the same update as :func:`_adam_step`, rounded
-    differently in the last bits. Only rows where ``active`` is true change."""
-    b1, b2 = ADAM_BETAS
-    keep = active[:, None]
-    new_m = m.clone().lerp_(grad, 1 - b1)
-    new_v = v.clone().mul_(b2).addcmul_(grad, grad, value=1 - b2)
-    bias_correction1 = 1 - torch.pow(b1, step_t)
-    bias_correction2_sqrt = (1 - torch.pow(b2, step_t)).sqrt()
-    step_size_neg = -(lr / bias_correction1)
-    denom = (new_v.sqrt() / (bias_correction2_sqrt * step_size_neg)).add_(ADAM_EPS / step_size_neg)
-    new_p = param.clone().addcdiv_(new_m, denom)
+    if isinstance(step, torch.Tensor):
+        step_size_neg = -(lr / (1 - torch.pow(b1, step)))
+        bias_correction2_sqrt = (1 - torch.pow(b2, step)).sqrt()
+        denom = (new_v.sqrt() / (bias_correction2_sqrt * step_size_neg)).add_(ADAM_EPS / step_size_neg)
+        new_p = param.clone().addcdiv_(new_m, denom)
+    else:
+        bias_correction1 = 1 - b1**step
+        bias_correction2_sqrt = (1 - b2**step) ** 0.5
+        denom = (new_v.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
+        new_p = param.clone().addcdiv_(new_m, denom, value=-(lr / bias_correction1))
     m.copy_(torch.where(keep, new_m, m))
     v.copy_(torch.where(keep, new_v, v))
     param.copy_(torch.where(keep, new_p, param))
@@ -257,14 +248,13 @@ def compute_target_values(
     ln_f = get_module(model, hp.ln_f_module or adapter.ln_f_module)
     model_head = model.get_output_embeddings()
     run_dtype = hidden.dtype
-    swap = contextlib.ExitStack()
+    swap = contextlib.nullcontext()
     if low_precision_weights is not None and autocast_dtype is None:
         upper = list(get_module(model, adapter.layers))[layer + 1 :]
         modules = upper + [ln_f, model_head] + ([head] if hp.lm_head_module else [])
         if adapter.position_embedding:  # GPT-2 adds zero positions in its dtype (upper_layers_only)
             modules.append(get_module(model, adapter.position_embedding))
-        with region("target/prefix"):
-            swap.enter_context(low_precision_weights.swapped(modules))
+        swap = low_precision_weights.swapped(modules)
         run_dtype = low_precision_weights.dtype
 
     packed = pack and supports_packing(model)
@@ -383,18 +373,18 @@ def compute_target_values(
             with region("target/adam"), torch.no_grad():
                 if it is None:
                     step_t.add_(1)
-                    _adam_step_capturable(delta, grad, m, v, step_t, hp.v_lr, active)
                     it_t.add_(1)
-                else:
-                    _adam_step(delta, grad, m, v, it + 1, hp.v_lr, active)
+                _adam_step(delta, grad, m, v, step_t if it is None else it + 1, hp.v_lr, active)
                 norms = delta.norm(dim=-1)
                 over = active & (norms > max_norm)
                 scale = torch.where(over, max_norm / norms, torch.ones_like(norms))
                 delta.mul_(scale[:, None])
                 steps_taken.add_(active.long())
 
-        one_device = len({p.device for p in model.parameters()}) == 1
-        use_graph = cuda_graph and device.type == "cuda" and one_device and n_iter > GRAPH_WARMUP
+        use_graph = (
+            cuda_graph and device.type == "cuda" and n_iter > GRAPH_WARMUP
+            and len({p.device for p in model.parameters()}) == 1  # not over a device_map
+        )
         saved_grad = [p.requires_grad for p in model.parameters()]
         try:
             for p in model.parameters():
@@ -437,40 +427,31 @@ def _run_static(forward_loss, backward_update, n_iter: int, active, use_graph: b
     def step():
         backward_update(forward_loss(None), None)
 
-    def stopped(done: int) -> bool:
-        return sync_stop and done % GRAPH_CHECK_EVERY == 0 and not bool(active.any())
-
-    done = 0
-    warm = min(n_iter, GRAPH_WARMUP)
+    done, graph = 0, None
     if use_graph:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(warm):
+            for _ in range(min(n_iter, GRAPH_WARMUP)):
                 step()
         torch.cuda.current_stream().wait_stream(side)
-        done = warm
-        if done < n_iter and not (sync_stop and not bool(active.any())):
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with region("target/capture"), torch.cuda.graph(graph):
-                    step()
-            except Exception as exc:  # e.g. an operation the model runs is not capturable
-                log.warning("CUDA graph capture of the optimisation step failed (%s); running it eagerly", exc)
-                graph = None
-            while done < n_iter:
-                if graph is None:
-                    step()
-                else:
-                    with region("target/replay"):
-                        graph.replay()
-                done += 1
-                if stopped(done):
-                    break
-        return done
+        done = min(n_iter, GRAPH_WARMUP)
+        if done == n_iter or (sync_stop and not bool(active.any())):
+            return done
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with region("target/capture"), torch.cuda.graph(graph):
+                step()
+        except Exception as exc:  # e.g. an operation the model runs is not capturable
+            log.warning("CUDA graph capture of the optimisation step failed (%s); running it eagerly", exc)
+            graph = None
     while done < n_iter:
-        step()
+        if graph is None:
+            step()
+        else:
+            with region("target/replay"):
+                graph.replay()
         done += 1
-        if stopped(done):
+        if sync_stop and done % GRAPH_CHECK_EVERY == 0 and not bool(active.any()):
             break
     return done
