@@ -74,7 +74,7 @@ def _extension_kwargs() -> dict:
     debug = _flag("FASTEDIT_DEBUG")
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
     nvcc_flags = ["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]
-    sources = _sources("init.cpp", "schemas.cpp", "cpu_ops.cpp")
+    sources = _sources("init.cpp", "schemas.cpp", "cpu_ops.cpp", "chol_update.cpp")
 
     why_no_cuda = None
     nvcc = None
@@ -106,7 +106,9 @@ def _extension_kwargs() -> dict:
         ext = cpp_extension.CUDAExtension(
             "fastedit._C",
             sources
-            + _sources("cuda_ops.cpp", "cuda/syrk.cu", "cuda/spd_solve.cu", "cuda/lowrank_update.cu"),
+            + _sources(
+                "cuda_ops.cpp", "cuda/syrk.cu", "cuda/spd_solve.cu", "cuda/lowrank_update.cu", "cuda/chol_update.cu"
+            ),
             extra_compile_args={
                 "cxx": cxx_flags + ["-DFASTEDIT_WITH_CUDA=1"],
                 "nvcc": nvcc_flags + arch_flags + ["-DFASTEDIT_WITH_CUDA=1"],

@@ -3,7 +3,8 @@
 # torch 2.11, triton 3.6). Within 8 minutes it
 #   1. builds the extension with its CUDA kernels (pip install --no-build-isolation --no-deps -e .),
 #   2. runs every GPU test (pytest -m gpu: tests/kernels first, then the rest of tests/),
-#   3. runs the kernel microbenchmarks (benchmarks/bench_kernels.py: torch vs Triton vs CUDA),
+#   3. runs the kernel microbenchmarks (benchmarks/bench_kernels.py: torch vs Triton vs CUDA) and the
+#      growing-system solve at d = 14,336 (benchmarks/bench_chol_update.py: factor update vs refactorising),
 #   4. runs the end-to-end benchmarks if present (hooks below: bench_stats.py, bench_edit.py),
 #   5. writes benchmarks/results/gpu_suite.json and a short table benchmarks/results/gpu_suite.md.
 # Each step has a time budget (capped by what is left of the total); a failed or timed-out step is
@@ -136,6 +137,10 @@ bench_args=(--json "$results/kernels_gpu.json" --budget-s $(( bench_budget > 40 
 [ "$quick" = 1 ] && bench_args+=(--quick)
 step bench_kernels "$bench_budget" "$PY" benchmarks/bench_kernels.py "${bench_args[@]}"
 
+# --- 3b. growing-system solve: the Cholesky factor update against refactorising, at Llama-3-8B's d_ff ---
+step bench_chol_update 90 "$PY" benchmarks/bench_chol_update.py --device cuda --d 14336 --k 1 10 \
+  --dtype float32 float64 --reps 5 --base-reps 2 --json "$results/bench_chol_update_gpu.json"
+
 # --- 4. HOOKS: end-to-end benchmarks (owned by the engine; run only if the files exist) -------------
 # Each is called with FASTEDIT_GPU_SUITE=1 and FASTEDIT_RESULTS_DIR=benchmarks/results and should
 # write its own JSON there (bench_stats.json, bench_edit.json), which the report below picks up.
@@ -198,7 +203,7 @@ if bench_path.exists():
     except ValueError as exc:
         bench = {"error": f"unreadable: {exc}"}
 end_to_end = {}
-for name in ("bench_stats", "bench_edit"):
+for name in ("bench_stats", "bench_edit", "bench_chol_update_gpu"):
     path = results / f"{name}.json"
     if path.exists():
         try:
@@ -244,7 +249,8 @@ print("\n".join(md))
 PYEOF
 if [ -n "$out_dir" ]; then
   mkdir -p "$out_dir"
-  for f in gpu_suite.json gpu_suite.md kernels_gpu.json kernels.csv bench_stats.json bench_edit.json; do
+  for f in gpu_suite.json gpu_suite.md kernels_gpu.json kernels.csv bench_stats.json bench_edit.json \
+           bench_chol_update_gpu.json; do
     [ -f "$results/$f" ] && cp "$results/$f" "$out_dir/"
   done
   tar -czf "$out_dir/gpu_suite_logs.tar.gz" -C "$results" gpu_suite_logs \

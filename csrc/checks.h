@@ -55,4 +55,16 @@ inline std::pair<at::Tensor, at::Tensor> check_lowrank(const at::Tensor& W, cons
   return {P, Q};
 }
 
+// Checks the rank-k Cholesky update's arguments: L (d, d) float32/float64, K (d, k) float, one device.
+inline void check_cholesky_update(const at::Tensor& L, const at::Tensor& K) {
+  TORCH_CHECK(L.dim() == 2 && L.size(0) == L.size(1), "fastedit: L must be a square (d, d) factor, got shape ",
+              L.sizes());
+  TORCH_CHECK(L.scalar_type() == at::kFloat || L.scalar_type() == at::kDouble,
+              "fastedit: L must be float32 or float64, got ", L.scalar_type());
+  TORCH_CHECK(K.dim() == 2 && K.size(0) == L.size(0), "fastedit: K must be (d, k) with d = ", L.size(0),
+              ", got shape ", K.sizes());
+  TORCH_CHECK(is_float_type(K.scalar_type()), "fastedit: K must be a floating-point tensor, got ", K.scalar_type());
+  TORCH_CHECK(K.device() == L.device(), "fastedit: K is on ", K.device(), ", L on ", L.device());
+}
+
 }  // namespace fastedit

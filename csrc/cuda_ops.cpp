@@ -142,6 +142,25 @@ void lowrank_update_cuda(const at::Tensor& W, const at::Tensor& U, const at::Ten
   if (compensation.has_value() && !c_rows) compensation->copy_(Cc);
 }
 
+void cholesky_update_cuda(const at::Tensor& L, const at::Tensor& K) {
+  check_cuda_tensor(L, "L");
+  check_cholesky_update(L, K);
+  const int64_t d = L.size(0);
+  const int64_t k = K.size(1);
+  if (d == 0 || k == 0) return;
+  const c10::cuda::CUDAGuard guard(L.device());
+  // K is overwritten by the kernels: always a private copy, in L's dtype.
+  at::Tensor Kw = K.to(L.scalar_type()).contiguous().clone();
+  const bool l_rows = L.stride(1) == 1 && L.stride(0) >= d;
+  at::Tensor Lw = l_rows ? L : L.contiguous();
+  at::Tensor work = at::empty({cuda::chol_update_workspace_elements()}, L.options());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(L.device().index()).stream();
+  check_launch(cuda::chol_update(Lw.data_ptr(), to_dtype(Lw.scalar_type()), d, Lw.stride(0), Kw.data_ptr(), k,
+                                 work.data_ptr(), stream),
+               "cholesky_update_");
+  if (!l_rows) L.copy_(Lw);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastedit, CUDA, m) {
@@ -150,6 +169,7 @@ TORCH_LIBRARY_IMPL(fastedit, CUDA, m) {
   m.impl("cholesky_solve", &cholesky_solve_cuda);
   m.impl("spd_solve_ex", &spd_solve_ex_cuda);
   m.impl("lowrank_update_", &lowrank_update_cuda);
+  m.impl("cholesky_update_", &cholesky_update_cuda);
 }
 
 }  // namespace fastedit

@@ -16,4 +16,7 @@ TORCH_LIBRARY(fastedit, m) {
   // W += U Vᵀ (transpose=False, W (d_out, d_in)) or W += V Uᵀ (transpose=True, W (d_in, d_out)),
   // U (d_out, r), V (d_in, r); compensation like W (float32 or W's dtype): Kahan summation.
   m.def("lowrank_update_(Tensor(a!) W, Tensor U, Tensor V, bool transpose, Tensor(b!)? compensation) -> ()");
+  // L (d, d) float32/float64 lower factor <- chol(L Lᵀ + K Kᵀ) in place, K (d, k) (not modified); only
+  // the lower triangle of L is read and written.
+  m.def("cholesky_update_(Tensor(a!) L, Tensor K) -> ()");
 }

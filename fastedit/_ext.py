@@ -99,5 +99,9 @@ def _register_fakes() -> None:
     def _lowrank_update_fake(W, U, V, transpose, compensation):
         return None
 
+    @torch.library.register_fake("fastedit::cholesky_update_")
+    def _cholesky_update_fake(L, K):
+        return None
+
 
 __all__ = ["available", "has_cuda", "load", "unavailable_reason"]

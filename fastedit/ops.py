@@ -12,9 +12,10 @@ cuda      the CUDA kernels of the compiled extension ``fastedit._C`` (CUDA tenso
 cpp       the C++ CPU kernels of the compiled extension (CPU tensors).
 ========  ==================================================================================
 
-Default choice: CPU tensors use torch (the fast CPU path); CUDA tensors try, in order,
-covariance accumulation: triton, cuda, torch; Cholesky and SPD solves: cuda (n <= 256),
-triton (n <= 64), torch; low-rank update: triton, cuda, torch. A backend is forced with
+Default choice: CPU tensors use torch (the fast CPU path), except the Cholesky factor update, which
+torch lacks (cpp, then torch); CUDA tensors try, in order, covariance accumulation: triton, cuda,
+torch; Cholesky and SPD solves: cuda (n <= 256), triton (n <= 64), torch; low-rank update: triton,
+cuda, torch; Cholesky factor update: cuda, triton, torch. A backend is forced with
 ``with ops.use_backend("triton"): ...``, :func:`set_backend`, or the environment variable
 ``FASTEDIT_BACKEND`` (read at import); a forced backend that cannot run a call raises
 :class:`BackendUnavailableError` with the reason instead of falling back.
@@ -37,6 +38,7 @@ import torch
 from torch import Tensor
 
 from . import _ext
+from .kernels import chol_update as _chu
 from .kernels import covariance as _cov
 from .kernels import lowrank_update as _lru
 from .kernels import spd_solve as _spd
@@ -53,6 +55,11 @@ _CUDA_PREFERENCE = {
     "spd_solve_ex": ("cuda", "triton", "torch"),
     "cholesky_solve": ("cuda", "triton", "torch"),
     "lowrank_update_": ("triton", "cuda", "torch"),
+    "cholesky_update_": ("cuda", "triton", "torch"),
+}
+# Automatic choice on CPU tensors where torch is not the fast path (default: torch).
+_CPU_PREFERENCE = {
+    "cholesky_update_": ("cpp", "torch"),
 }
 # Above this n the one-block-per-matrix CUDA solver is not chosen automatically (torch's blocked
 # solvers win); it still runs any n when forced.
@@ -176,10 +183,10 @@ def _choose(op: str, device: torch.device, reason) -> str:
                 f"fastedit.ops.{op}: backend {_forced!r} is forced but cannot run this call: {why}"
             )
         return _forced
-    if device.type == "cuda":
-        for backend in _CUDA_PREFERENCE[op]:
-            if reason(backend, True) is None:
-                return backend
+    preference = _CUDA_PREFERENCE[op] if device.type == "cuda" else _CPU_PREFERENCE.get(op, ())
+    for backend in preference:
+        if reason(backend, True) is None:
+            return backend
     return "torch"
 
 
@@ -194,6 +201,7 @@ def available_backends(op: str, *tensors: Tensor) -> dict[str, str | None]:
         "spd_solve_ex": lambda b: _spd_reason(b, False, tensors[0], tensors[1]),
         "cholesky_solve": lambda b: _spd_reason(b, False, tensors[0], tensors[1]),
         "lowrank_update_": lambda b: _lowrank_reason(b, False, *tensors[:3]),
+        "cholesky_update_": lambda b: _chol_update_reason(b, False, *tensors[:2]),
     }
     if op not in reasons:
         raise ValueError(f"unknown op {op!r}; expected one of {sorted(reasons)}")
@@ -252,6 +260,16 @@ def _triton_lowrank_update_(W: Tensor, U: Tensor, V: Tensor, transpose: bool, co
 
 @_triton_lowrank_update_.register_fake
 def _(W, U, V, transpose, compensation):
+    return None
+
+
+@torch.library.custom_op("fastedit_triton::cholesky_update_", mutates_args=("L",))
+def _triton_cholesky_update_(L: Tensor, K: Tensor) -> None:
+    _chu.cholesky_update_triton_(L, K)
+
+
+@_triton_cholesky_update_.register_fake
+def _(L, K):
     return None
 
 
@@ -531,6 +549,40 @@ def lowrank_update_(
     return W
 
 
+# --------------------------------------------------------------------------------------------------
+# Cholesky factor update
+
+
+def _chol_update_reason(backend: str, auto: bool, L: Tensor, K: Tensor) -> str | None:
+    if backend == "torch":
+        return None
+    if backend == "triton":
+        return triton_unavailable_reason(L, K)
+    if backend in ("cuda", "cpp"):
+        return _ext_reason(L.device, want_cuda=backend == "cuda")
+    return f"unknown backend {backend!r}"
+
+
+def cholesky_update_(L: Tensor, K: Tensor) -> Tensor:
+    """Update a lower Cholesky factor in place by the keys K: ``L ← chol(L Lᵀ + K Kᵀ)``.
+
+    L: (d, d) float32/float64, lower triangular with a positive diagonal (from :func:`cholesky`);
+    only its lower triangle is read and written. K: (d, k) or (d,) of any float dtype (used in L's
+    dtype; not modified). O(d² k) work instead of the O(d³) of refactorising; orthogonal
+    transformations, so as accurate as a fresh factorisation. Returns L.
+    """
+    K = _chu._check(L, K)  # shape, dtype and device checks with a clear message
+    backend = _choose("cholesky_update_", L.device, lambda b, auto: _chol_update_reason(b, auto, L, K))
+    _record("cholesky_update_", backend, L.device)
+    if backend == "triton":
+        _triton_cholesky_update_(L, K)
+    elif backend in ("cuda", "cpp"):
+        torch.ops.fastedit.cholesky_update_(L, K)
+    else:
+        _chu.cholesky_update_torch_(L, K)
+    return L
+
+
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
@@ -539,6 +591,7 @@ __all__ = [
     "cholesky",
     "cholesky_ex",
     "cholesky_solve",
+    "cholesky_update_",
     "forced_backend",
     "last_backend",
     "lowrank_update_",

@@ -49,5 +49,13 @@ cudaError_t lowrank_update(void* W, DType w_dtype, int64_t m, int64_t n, int64_t
                            const void* Q, DType pq_dtype, int64_t r, void* C, DType c_dtype,
                            int64_t c_ld, cudaStream_t stream);
 
+// Rank-k Cholesky update in place: L ← chol(L Lᵀ + K Kᵀ), two kernels per panel of 32 columns.
+//   L: d × d, dtype float32/float64, row stride l_ld; only its lower triangle is read and written.
+//   K: d × k contiguous, L's dtype; overwritten (its rows are zero on exit).
+//   work: chol_update_workspace_elements() elements of L's dtype in device memory.
+cudaError_t chol_update(void* L, DType dtype, int64_t d, int64_t l_ld, void* K, int64_t k, void* work,
+                        cudaStream_t stream);
+int64_t chol_update_workspace_elements();
+
 }  // namespace cuda
 }  // namespace fastedit

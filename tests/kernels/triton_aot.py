@@ -26,7 +26,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from fastedit.kernels import covariance, lowrank_update, spd_solve  # noqa: E402
+from fastedit.kernels import chol_update, covariance, lowrank_update, spd_solve  # noqa: E402
 
 PTR = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32", "fp64": "*fp64"}
 
@@ -90,6 +90,21 @@ def lowrank_configs(full: bool):
         yield name, lowrank_update._lowrank_update_kernel, sig, const, blocks["num_warps"]
 
 
+def chol_update_configs(full: bool):
+    combos = [("fp32", 16), ("fp64", 64)]
+    if full:
+        combos += [("fp32", 64), ("fp64", 16)]
+    nb, rb = chol_update.TRITON_NB, chol_update.TRITON_RB
+    for dt, bk in combos:
+        sig = {"L_ptr": PTR[dt], "K_ptr": PTR[dt], "W_ptr": PTR[dt], "T_ptr": PTR[dt], "S_ptr": PTR[dt],
+               "d": "i32", "k": "i32", "j0": "i32", "l_row_stride": "i32", "l_col_stride": "constexpr",
+               "k_row_stride": "i32", "k_col_stride": "constexpr", "NB": "constexpr", "BK": "constexpr"}
+        const = {"l_col_stride": 1, "k_col_stride": 1, "NB": nb, "BK": bk}
+        yield f"chol_update panel {dt} k<={bk}", chol_update._chol_update_panel_kernel, sig, const, 4
+        sig = dict(sig, RB="constexpr")
+        yield f"chol_update apply {dt} k<={bk}", chol_update._chol_update_apply_kernel, sig, dict(const, RB=rb), 4
+
+
 def divisibility(fn, sig: dict) -> dict:
     """Triton's runtime specialisation for aligned tensors: 16-divisible pointers, strides and sizes."""
     attrs = {}
@@ -123,7 +138,7 @@ def main() -> int:
     args = parser.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
     failed = 0
-    for configs in (covariance_configs, spd_configs, lowrank_configs):
+    for configs in (covariance_configs, spd_configs, lowrank_configs, chol_update_configs):
         for name, fn, sig, const, warps in configs(args.all):
             start = time.perf_counter()
             try:
