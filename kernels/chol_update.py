@@ -40,7 +40,7 @@ from . import HAS_TRITON, INTERPRET, next_power_of_2
 # as successive updates by column chunks of K, which is the same update).
 TRITON_NB = 32
 TRITON_RB = 64
-TRITON_MAX_K = 64
+TRITON_MAX_K = 32
 # Panel width of the torch path (a QR of (NB + k) × NB per panel).
 TORCH_NB = 64
 
@@ -174,11 +174,12 @@ def _check(L: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     return K
 
 
-def _triton_blocks() -> tuple[int, int, int]:
-    """(NB, RB, num_warps): the interpreter runs one program at a time, so fewer, larger programs."""
+def _triton_blocks(dtype: torch.dtype) -> tuple[int, int, int]:
+    """(NB, RB, num_warps). The interpreter runs one program at a time: one warp. float64 tiles take
+    twice the registers: eight warps keep the apply kernel's (RB × NB + RB × BK) tiles from spilling."""
     if INTERPRET:
         return TRITON_NB, TRITON_RB, 1
-    return TRITON_NB, TRITON_RB, 4
+    return TRITON_NB, TRITON_RB, 8 if dtype == torch.float64 else 4
 
 
 def cholesky_update_triton_(L: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -194,7 +195,7 @@ def cholesky_update_triton_(L: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     d, k = K.shape
     if d == 0 or k == 0:
         return L
-    nb, rb, warps = _triton_blocks()
+    nb, rb, warps = _triton_blocks(L.dtype)
     for c0 in range(0, k, TRITON_MAX_K):
         Kc = K[:, c0 : c0 + TRITON_MAX_K].to(L.dtype, copy=True).contiguous()
         kc = Kc.shape[1]

@@ -70,6 +70,16 @@ def test_vector_keys_strided_factor_and_other_key_dtypes(device, backend, genera
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
+def test_many_keys_are_taken_in_chunks(device, backend, generator):
+    """k = 40 passes the Triton (32) and CUDA (16) key chunks: successive updates by column blocks."""
+    L, K = _factor_and_keys(50, 40, torch.float64, generator)
+    Ld = L.to(device, copy=True)
+    with ops.use_backend(backend):
+        ops.cholesky_update_(Ld, K.to(device))
+    assert rel_frobenius(Ld, cholesky_update_reference(L, K)) < 1e-13
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
 def test_thousand_rank_one_updates_stay_within_1e8(device, backend, generator):
     """1,000 sequential rank-1 updates in float64 against a fresh factorisation of the sum (100 of
     d = 24 in Triton's interpreter, which takes about a second per update there)."""

@@ -91,18 +91,19 @@ def lowrank_configs(full: bool):
 
 
 def chol_update_configs(full: bool):
-    combos = [("fp32", 16), ("fp64", 64)]
+    combos = [("fp32", 16), ("fp64", 32)]
     if full:
-        combos += [("fp32", 64), ("fp64", 16)]
-    nb, rb = chol_update.TRITON_NB, chol_update.TRITON_RB
+        combos += [("fp32", 32), ("fp64", 16)]
+    nb, rb = chol_update.TRITON_NB, chol_update.TRITON_RB  # what the launcher uses on a GPU
     for dt, bk in combos:
         sig = {"L_ptr": PTR[dt], "K_ptr": PTR[dt], "W_ptr": PTR[dt], "T_ptr": PTR[dt], "S_ptr": PTR[dt],
                "d": "i32", "k": "i32", "j0": "i32", "l_row_stride": "i32", "l_col_stride": "constexpr",
                "k_row_stride": "i32", "k_col_stride": "constexpr", "NB": "constexpr", "BK": "constexpr"}
         const = {"l_col_stride": 1, "k_col_stride": 1, "NB": nb, "BK": bk}
-        yield f"chol_update panel {dt} k<={bk}", chol_update._chol_update_panel_kernel, sig, const, 4
+        warps = chol_update._triton_blocks(torch.float64 if dt == "fp64" else torch.float32)[2]
+        yield f"chol_update panel {dt} k<={bk}", chol_update._chol_update_panel_kernel, sig, const, warps
         sig = dict(sig, RB="constexpr")
-        yield f"chol_update apply {dt} k<={bk}", chol_update._chol_update_apply_kernel, sig, dict(const, RB=rb), 4
+        yield f"chol_update apply {dt} k<={bk}", chol_update._chol_update_apply_kernel, sig, dict(const, RB=rb), warps
 
 
 def divisibility(fn, sig: dict) -> dict:
