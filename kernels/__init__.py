@@ -8,6 +8,8 @@ Imported as ``fastedit.kernels`` (setup.py maps this folder to that name). One m
   small symmetric positive-definite systems, with per-matrix failure codes.
 - :mod:`fastedit.kernels.lowrank_update`: ``W += U Vᵀ`` in place for either weight orientation, with an
   optional compensation buffer (Kahan summation) so small updates to bf16/fp16 weights are kept.
+- :mod:`fastedit.kernels.chol_update`: ``L ← chol(L Lᵀ + K Kᵀ)`` in place, the rank-k update of a
+  Cholesky factor for systems that grow by each edit's keys (O(d² k) instead of O(d³)).
 
 Engine code never calls these modules directly: it goes through :mod:`fastedit.ops`, which picks
 the CUDA extension, Triton or torch and says which. Importing this package needs no triton (the
