@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="8 sequential counterfactual edits of SmolLM2-135M with a before/after table and a plot")
     d.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
     d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    d.add_argument("--stats-source", default=None, help="text for the statistics (default: ../shared/data's Wikipedia sample)")
+    d.add_argument("--stats-source", default=None, help="text for the statistics: a .jsonl/.txt file or folder, or 'wikipedia' (streamed "
+                   "through datasets) (default: $FASTEDIT_STATS_SOURCE, else the Wikipedia sample that ships with fastedit)")
     d.add_argument("--stats-dir", default=None, help="statistics cache (default: $FASTEDIT_CACHE/stats)")
     d.add_argument("--seed", type=int, default=0)
 
@@ -69,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default="smollm2-135m", help="fastedit name (smollm2-135m), local folder or hub id")
     r.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
     r.add_argument("--mode", default="exact", choices=["exact", "fast"])
-    r.add_argument("--data", default="", help="CounterFact (either layout) or zsRE file (default: ../shared/data's CounterFact)")
+    r.add_argument("--data", default="", help="CounterFact (either layout) or zsRE file; 'hub' for the whole dataset through datasets, or "
+                   "hf:owner/name[/file.json] (default: CounterFact's 10,000 records that ship with fastedit; zsRE: "
+                   "kmeng01's zsre_mend_eval.json, downloaded once)")
     r.add_argument("--dataset", default="counterfact", choices=["counterfact", "zsre"])
     r.add_argument("--edits", type=int, required=True, help="number of edits (each of --batch-size requests)")
     r.add_argument("--batch-size", type=int, default=1)

@@ -77,16 +77,13 @@ class RunConfig:
 
 
 def load_requests(cfg: RunConfig) -> list[EditRequest]:
-    from ..eval.datasets import default_data_dir, load_counterfact, load_zsre
+    """The run's requests: ``cfg.data`` if given (a file, ``hub`` or an ``hf:`` reference), else the
+    loader's default (CounterFact: the 10,000 records that ship with fastedit; zsRE: kmeng01's file,
+    downloaded once)."""
+    from ..eval.datasets import load_counterfact, load_zsre
 
     n = cfg.edits * cfg.batch_size
-    root = default_data_dir()
-    local = {
-        "counterfact": root / "counterfact" / "counterfact-edit.json" if root else None,
-        "zsre": root / "zsre" / "zsre_mend_train-1k.json" if root else None,
-    }.get(cfg.dataset)
-    # an explicit --data wins; else the offline copy; else the loader downloads the canonical file
-    path = cfg.data or (local if local is not None and local.exists() else None)
+    path = cfg.data or None
     if cfg.dataset == "counterfact":
         return load_counterfact(path, n=n, start=cfg.start)
     if cfg.dataset == "zsre":
@@ -157,7 +154,9 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
     model, tok = load_model(cfg.model, dtype=cfg.dtype, device=device)
     reqs = load_requests(cfg)
     if len(reqs) < cfg.edits * cfg.batch_size:
-        raise ValueError(f"{cfg.data or cfg.dataset}: {len(reqs)} records, the run needs {cfg.edits * cfg.batch_size}")
+        hint = " (the shipped CounterFact sample; --data hub reads all 21,919 records)" if not cfg.data else ""
+        raise ValueError(f"{cfg.data or cfg.dataset}{hint}: {len(reqs) + cfg.start} records, the run needs "
+                         f"{cfg.edits * cfg.batch_size} from record {cfg.start}")
     batches = [reqs[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(cfg.edits)]
     stats_source = cfg.stats_source or default_stats_source()
     stats_dir = cfg.stats_dir or str(cache_dir() / "stats")
