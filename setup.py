@@ -129,7 +129,7 @@ setup(
         "fastedit.eval",
         "fastedit.experiments",
         "fastedit.kernels",
-        # data folders (JSON only), listed so setuptools ships them
+        # data folders, listed so setuptools ships them (fastedit/data: see its LICENSES.md)
         "fastedit.data",
         "fastedit.presets",
         "fastedit.presets.ROME",
@@ -137,6 +137,7 @@ setup(
     ],
     # Triton kernels live in the top-level kernels/ folder and import as fastedit.kernels.
     package_dir={"fastedit": "fastedit", "fastedit.kernels": "kernels"},
-    package_data={"fastedit.data": ["*.json"], "fastedit.presets.ROME": ["*.json"], "fastedit.presets.MEMIT": ["*.json"]},
+    package_data={"fastedit.data": ["*.json", "*.md", "wikipedia/*.xz", "glue/*.xz", "counterfact/*.xz"],
+                  "fastedit.presets.ROME": ["*.json"], "fastedit.presets.MEMIT": ["*.json"]},
     **_extension_kwargs(),
 )

@@ -2,7 +2,7 @@
 
     import fastedit
     model, tok = fastedit.load_model("smollm2-135m")
-    session = fastedit.EditSession(model, tok, "memit", "smollm2-135m", stats_source="enwiki_sample.jsonl")
+    session = fastedit.EditSession(model, tok, "memit", "smollm2-135m", stats_source="wikipedia")
     result = session.apply({"prompt": "{} is located in", "subject": "The Eiffel Tower", "target_new": "Rome"})
 
 Importing fastedit loads no compiled extension and initialises no CUDA; the names below load on use.

@@ -31,6 +31,6 @@ def edit(
         model, tok = fastedit.load_model("smollm2-135m")
         result = fastedit.edit(model, tok, {"prompt": "{} is the capital of", "subject": "Paris",
                                             "target_new": "Italy"}, method="memit",
-                               stats_source="../shared/data/wikipedia/enwiki_sample.jsonl")
+                               stats_source=fastedit.bundled.WIKIPEDIA_SAMPLE)   # or "wikipedia", streamed
     """
     return EditSession(model, tok, method, hparams, **session_options).apply(requests)

@@ -33,6 +33,22 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats-max-len", type=int, default=None, help="truncate statistics documents to this many tokens")
 
 
+def _add_device_map_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device-map", default=None, metavar="MAP",
+                   help="spread the model over devices with accelerate: auto, balanced, sequential, a device, or a "
+                   "JSON object of module name to device (overrides --device)")
+
+
+def _device_map(arg: str | None):
+    """``--device-map``: a JSON object becomes a dict, anything else is passed as it is."""
+    if arg is None or not arg.strip().startswith("{"):
+        return arg
+    try:
+        return json.loads(arg)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--device-map: not a valid JSON object ({err})") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fastedit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -41,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="8 sequential counterfactual edits of SmolLM2-135M with a before/after table and a plot")
     d.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
     d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    d.add_argument("--stats-source", default=None, help="text for the statistics (default: ../shared/data's Wikipedia sample)")
+    d.add_argument("--stats-source", default=None, help="text for the statistics: a .jsonl/.txt file or folder, or 'wikipedia' (streamed "
+                   "through datasets) (default: $FASTEDIT_STATS_SOURCE, else the Wikipedia sample that ships with fastedit)")
     d.add_argument("--stats-dir", default=None, help="statistics cache (default: $FASTEDIT_CACHE/stats)")
     d.add_argument("--seed", type=int, default=0)
 
@@ -52,9 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--hparams", default=None, help="preset name (smollm2-135m, gpt2-xl, ...) or reference hparams JSON file")
     e.add_argument("--batch-size", type=int, default=None, help="MEMIT: requests per edit (default: all at once); ROME edits one at a time")
     e.add_argument("--out", required=True, help="output folder: result.json, updates.safetensors, config.json")
-    e.add_argument("--save-model", action="store_true", help="also write the edited model (safetensors) to OUT/model")
+    e.add_argument("--save-model", action="store_true",
+                   help="also write the edited model to OUT/model with save_pretrained (from_pretrained loads it)")
     e.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    _add_device_map_arg(e)
     e.add_argument("--seed", type=int, default=0, help="seed of the context-template sampler")
     e.add_argument("--profile", default=None, metavar="PATH", help="write a Chrome trace of the edits to PATH")
     _add_stats_args(e)
@@ -69,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default="smollm2-135m", help="fastedit name (smollm2-135m), local folder or hub id")
     r.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
     r.add_argument("--mode", default="exact", choices=["exact", "fast"])
-    r.add_argument("--data", default="", help="CounterFact (either layout) or zsRE file (default: ../shared/data's CounterFact)")
+    r.add_argument("--data", default="", help="CounterFact (either layout) or zsRE file; 'hub' for the whole dataset through datasets, or "
+                   "hf:owner/name[/file.json] (default: CounterFact's 10,000 records that ship with fastedit; zsRE: "
+                   "kmeng01's zsre_mend_eval.json, downloaded once)")
     r.add_argument("--dataset", default="counterfact", choices=["counterfact", "zsre"])
     r.add_argument("--edits", type=int, required=True, help="number of edits (each of --batch-size requests)")
     r.add_argument("--batch-size", type=int, default=1)
@@ -85,7 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--zsre-target", default="answers0", choices=["answers0", "alt"], help="zsRE: MEMIT's answers[0] or ROME's alt")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    r.add_argument("--device", default=None)
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    _add_device_map_arg(r)
+    r.add_argument("--report-to", default="none", choices=["none", "tensorboard", "wandb"],
+                   help="also log to TensorBoard (RUN/tensorboard) or Weights & Biases (offline unless WANDB_API_KEY "
+                   "or WANDB_MODE says otherwise); optional packages. JSONL logs and plots are written either way")
+    r.add_argument("--profile", default=None, metavar="PATH", help="write a Chrome trace of this invocation's edits to PATH")
     r.add_argument("--out", required=True, help="run directory (an existing one with the same configuration resumes)")
     r.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop at the first checkpoint after this many minutes (the same command goes on later)")
@@ -132,7 +158,7 @@ def cmd_edit(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, tok = load_model(args.model, dtype=args.dtype, device=_device(args.device))
+    model, tok = load_model(args.model, dtype=args.dtype, device=_device(args.device), device_map=_device_map(args.device_map))
     session = EditSession(
         model, tok, args.method, args.hparams, seed=args.seed, stats_dir=args.stats_dir,
         stats_source=args.stats_source, stats_max_len=args.stats_max_len,
@@ -159,14 +185,9 @@ def cmd_edit(args) -> int:
     (out / "result.json").write_text(json.dumps({"edits": results, "seconds": time.perf_counter() - t0}, indent=2) + "\n")
     save_file(tensors, str(out / "updates.safetensors"))
     if args.save_model:
-        (out / "model").mkdir(exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        # tied weights are stored once; the config re-ties them on load
-        if getattr(model.config, "tie_word_embeddings", False):
-            state.pop(session.adapter.lm_head_name(model) + ".weight", None)
-        save_file(state, str(out / "model" / "model.safetensors"), metadata={"format": "pt"})
-        model.config.save_pretrained(out / "model")
-        tok.save_pretrained(out / "model")
+        from .models.loading import save_model
+
+        save_model(model, tok, out / "model")
     print(f"wrote {out}/result.json and {out}/updates.safetensors" + (f" and {out}/model" if args.save_model else ""))
     return 0
 
@@ -200,7 +221,8 @@ def cmd_run(args) -> int:
         entropy_collapse=args.entropy_collapse,
         seed=args.seed, zsre_target=args.zsre_target, dtype=args.dtype, device=args.device,
     )
-    summary = run_sequential(cfg, args.out, time_limit=args.time_limit * 60 if args.time_limit else None)
+    summary = run_sequential(cfg, args.out, time_limit=args.time_limit * 60 if args.time_limit else None,
+                             device_map=_device_map(args.device_map), report_to=args.report_to, profile=args.profile)
     final = summary["final"].get("all_edits") or {}
     print(f"{summary['edits']} edits in {summary['edit_seconds']:.0f} s of editing; at the end, over all edits: "
           + ", ".join(f"{k} {v:.3f}" for k, v in final.items() if isinstance(v, float)))

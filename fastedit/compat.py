@@ -9,8 +9,9 @@ Code written against kmeng01/rome and kmeng01/memit switches by changing its imp
 Same signatures, same return values (``(model, weights_copy)``; ``execute_*`` return the reference's
 deltas dictionaries), the same hparams JSON files (``ROMEHyperParams.from_json``) and the same
 statistics cache files: ``$FASTEDIT_STATS_DIR`` or, like the references, ``data/stats`` under the
-working directory. Missing statistics are computed from ``$FASTEDIT_STATS_SOURCE`` (a local text
-file) or from the hparams' ``mom2_dataset`` through the ``datasets`` package.
+working directory. Missing statistics are computed from ``$FASTEDIT_STATS_SOURCE``: a local text
+file, or a dataset name such as ``wikipedia`` (the reference's ``mom2_dataset``), streamed through the
+``datasets`` package.
 
 Hyperparameter objects of the reference classes are accepted too (their fields are read). As in the
 references, context templates are sampled once per process and model at the first edit and reused;

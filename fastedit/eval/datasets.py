@@ -1,13 +1,23 @@
-"""Evaluation datasets: CounterFact, zsRE and the GLUE subsets, read from local JSON files.
+"""Evaluation datasets: CounterFact, zsRE and the GLUE subsets, from local JSON files or the hub.
 
-Every loader takes a local path. Where none is given:
+Every loader takes a local path (a file, plain or compressed ``.xz``/``.gz``, or a folder holding the
+usual file name). Where none is given:
 
-* :func:`load_counterfact` and :func:`load_zsre` read the canonical files the reference code uses
-  (kmeng01's ``counterfact.json`` and ``zsre_mend_eval.json`` from ``rome.baulab.info``), downloaded
-  once into ``cache_dir()/data`` (``$FASTEDIT_CACHE``); offline they raise an error that says which
-  local file to pass instead.
-* :func:`load_glue` reads ``glue/{task}.json`` under :func:`default_data_dir` (``$FASTEDIT_DATA_DIR``,
-  else ``../shared/data`` beside the checkout or the working directory).
+* :func:`load_counterfact` reads the 10,000 CounterFact records that ship with fastedit
+  (:data:`fastedit.bundled.COUNTERFACT_SAMPLE`), or ``counterfact/counterfact-edit.json`` under
+  ``$FASTEDIT_DATA_DIR`` when that is set; ``"hub"`` reads all 21,919 records of the original
+  CounterFact from the Hugging Face dataset :data:`COUNTERFACT_HUB` through ``datasets``;
+* :func:`load_glue` reads the shipped label-balanced subsets (``glue/{task}.json.xz``), or
+  ``glue/{task}.json`` under ``$FASTEDIT_DATA_DIR``; ``"hub"`` reads the whole validation split of
+  :data:`GLUE_HUB` through ``datasets``;
+* :func:`load_zsre` downloads the canonical file the reference code uses (kmeng01's
+  ``zsre_mend_eval.json``) once into ``cache_dir()/data`` (``$FASTEDIT_CACHE``); nothing of zsRE ships.
+
+Any loader also takes ``"hf:owner/name"`` (a dataset, every split in order, through ``datasets``) or
+``"hf:owner/name/path/file.json"`` (one file of a dataset repository, through ``huggingface_hub``).
+Both keep their downloads in their own caches and honour ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``;
+with a switch set, the zsRE download is not attempted either. ``datasets`` is an optional dependency
+(``pip install fastedit[hub]``).
 
 CounterFact comes in two layouts, both read here:
 
@@ -35,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import lzma
 import os
 import tempfile
 import urllib.request
@@ -42,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..bundled import PACKAGE_DATA, hub_offline, read_text, with_compressed
 from ..requests import EditRequest, RequestError
 
 log = logging.getLogger(__name__)
@@ -50,7 +62,8 @@ __all__ = [
     "DatasetError",
     "GlueExample",
     "GLUE_TASKS",
-    "COUNTERFACT_URL",
+    "COUNTERFACT_HUB",
+    "GLUE_HUB",
     "ZSRE_URL",
     "default_data_dir",
     "load_counterfact",
@@ -60,10 +73,11 @@ __all__ = [
     "generation_prompts",
 ]
 
-COUNTERFACT_URL = "https://rome.baulab.info/data/dsets/counterfact.json"
+# The original CounterFact (kmeng01's counterfact.json: splits train and test, in case_id order here).
+COUNTERFACT_HUB = "azhx/counterfact"
+GLUE_HUB = "nyu-mll/glue"
 ZSRE_URL = "https://rome.baulab.info/data/dsets/zsre_mend_eval.json"
-LOCAL_COUNTERFACT = Path("counterfact") / "counterfact-edit.json"
-LOCAL_ZSRE = Path("zsre") / "zsre_mend_train-1k.json"
+HUB = "hub"
 
 GLUE_TASKS = ("sst2", "mrpc", "cola", "rte")
 # The fields of each GLUE subset's records, besides ``label`` and ``idx``.
@@ -85,18 +99,12 @@ class DatasetError(ValueError):
 
 
 # ---------------------------------------------------------------------------------- locations
-def default_data_dir() -> Path | None:
-    """The offline data folder: ``$FASTEDIT_DATA_DIR`` if set, else the first existing of
-    ``../shared/data`` beside the checkout and ``../shared/data`` beside the working directory;
-    ``None`` where there is none."""
+def default_data_dir() -> Path:
+    """The folder the loaders read by default: ``$FASTEDIT_DATA_DIR`` if set (laid out as
+    ``counterfact/counterfact-edit.json``, ``glue/{task}.json``, ...), else the data that ships
+    inside the package."""
     env = os.environ.get("FASTEDIT_DATA_DIR")
-    if env:
-        return Path(env)
-    for root in (Path(__file__).resolve().parents[2].parent, Path.cwd().parent):
-        candidate = root / "shared" / "data"
-        if candidate.is_dir():
-            return candidate
-    return None
+    return Path(env) if env else PACKAGE_DATA
 
 
 def _download(url: str, dest: Path, timeout: float = 30.0) -> None:
@@ -114,33 +122,76 @@ def _download(url: str, dest: Path, timeout: float = 30.0) -> None:
             os.unlink(tmp)
 
 
-def _canonical_file(name: str, url: str, local_hint: Path) -> Path:
+def _canonical_file(name: str, url: str) -> Path:
+    """``cache_dir()/data/name``, downloaded from ``url`` the first time (not with the offline switches)."""
     from ..models.loading import cache_dir
 
     dest = cache_dir() / "data" / name
     if dest.exists():
         return dest
+    if hub_offline():
+        raise DatasetError(
+            f"{name} is not in {dest.parent} and HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set: pass a local file "
+            f"(--data FILE), or download {url} into {dest.parent} once")
     log.info("downloading %s into %s (once)", url, dest)
     try:
         _download(url, dest)
     except OSError as err:  # URLError, timeouts and refused connections are all OSErrors
-        data_dir = default_data_dir()
-        found = data_dir / local_hint if data_dir is not None and (data_dir / local_hint).exists() else None
-        hint = f" (there is one at {found})" if found else ""
         raise DatasetError(
             f"{name} is not in {dest.parent} and could not be downloaded from {url} ({err}); "
-            f"offline, pass a local file instead, e.g. ../shared/data/{local_hint.as_posix()}{hint}"
+            "offline, pass a local file instead (--data FILE)"
         ) from err
     return dest
 
 
+def _import_datasets(what: str):
+    try:
+        import datasets  # type: ignore
+    except ImportError:
+        raise DatasetError(
+            f"{what} comes through the optional 'datasets' package, which is not installed "
+            "(pip install datasets); or pass a local file") from None
+    return datasets
+
+
+def _hub_failure(what: str, err: Exception) -> DatasetError:
+    offline = " (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set and it is not cached)" if hub_offline() else ""
+    return DatasetError(f"could not load {what}{offline}: {type(err).__name__}: {err}; pass a local file instead")
+
+
+def _hub_records(spec: str) -> tuple[list, Path]:
+    """Records of ``hf:owner/name`` (a dataset, every split in order) or ``hf:owner/name/file.json``
+    (one JSON file of a dataset repository), and a path that names them in messages."""
+    target = spec.removeprefix("hf:")
+    parts = target.split("/")
+    if len(parts) < 2 or not all(parts):
+        raise DatasetError(f"{spec!r}: expected hf:owner/name or hf:owner/name/path/to/file.json")
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    if filename:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            local = Path(hf_hub_download(repo, filename, repo_type="dataset"))
+        except Exception as err:  # offline, missing file, no such repository
+            raise _hub_failure(f"{filename} from the dataset repository {repo}", err) from err
+        return _read_json_list(local), local
+    datasets = _import_datasets(f"the dataset {repo}")
+    try:
+        splits = datasets.load_dataset(repo)
+    except Exception as err:
+        raise _hub_failure(f"the dataset {repo}", err) from err
+    records = [dict(row) for split in splits.values() for row in split]
+    return records, Path(f"hf:{repo}")
+
+
 def _resolve_file(path: str | Path, names: Sequence[str], what: str) -> Path:
+    """``path`` itself, or the first of ``names`` (plain or compressed) in the folder ``path``."""
     path = Path(path)
     if path.is_dir():
-        for name in names:
+        for name in with_compressed(names):
             if (path / name).is_file():
                 return path / name
-        raise DatasetError(f"{what}: no {' or '.join(names)} in folder {path}")
+        raise DatasetError(f"{what}: no {' or '.join(names)} (plain, .xz or .gz) in folder {path}")
     if not path.is_file():
         raise DatasetError(f"{what}: file {path} not found")
     return path
@@ -148,12 +199,23 @@ def _resolve_file(path: str | Path, names: Sequence[str], what: str) -> Path:
 
 def _read_json_list(path: Path) -> list:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{path}: not valid JSON ({err})") from err
+        data = json.loads(read_text(path))
+    except (ValueError, EOFError, OSError, lzma.LZMAError) as err:  # JSON, UTF-8 or decompression errors
+        raise DatasetError(f"{path}: not valid JSON ({type(err).__name__}: {err})") from err
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data
+
+
+def _records(path: str | Path | None, names: Sequence[str], what: str, hub: str | None) -> tuple[list, Path]:
+    """The records a loader reads: from ``path``, the default data folder (``None``) or the hub."""
+    if isinstance(path, str) and (path == HUB or path.startswith("hf:")):
+        if path == HUB and hub is None:
+            raise DatasetError(f"{what}: no hub dataset is known; pass a local file or hf:owner/name[/file.json]")
+        records, where = _hub_records(path if path != HUB else f"hf:{hub}")
+        return records, where
+    file = _resolve_file(default_data_dir() if path is None else path, names, what)
+    return _read_json_list(file), file
 
 
 def _window(records: list, n: int | None, start: int, path: Path) -> list[tuple[int, Any]]:
@@ -177,18 +239,19 @@ def load_counterfact(path: str | Path | None = None, n: int | None = None, start
     """CounterFact records ``start .. start + n`` as edit requests, from either layout.
 
     ``path``: a JSON file (or a folder holding ``counterfact.json`` or
-    ``counterfact/counterfact-edit.json``); ``None`` reads kmeng01's ``counterfact.json``, downloaded
-    once into ``cache_dir()/data``. Every evaluation prompt is kept (see the module docstring).
+    ``counterfact/counterfact-edit.json``); ``None``: the 10,000 records that ship with fastedit (or
+    ``$FASTEDIT_DATA_DIR``'s); ``"hub"``: the whole original CounterFact through ``datasets``; or an
+    ``hf:`` reference (see the module docstring). Every evaluation prompt is kept.
     """
-    if path is None:
-        file = _canonical_file("counterfact.json", COUNTERFACT_URL, LOCAL_COUNTERFACT)
-    else:
-        file = _resolve_file(
-            path,
-            ("counterfact.json", "counterfact-edit.json", "counterfact/counterfact.json", "counterfact/counterfact-edit.json"),
-            "CounterFact",
-        )
-    records = _read_json_list(file)
+    records, file = _records(
+        path,
+        ("counterfact.json", "counterfact-edit.json", "counterfact/counterfact.json", "counterfact/counterfact-edit.json"),
+        "CounterFact",
+        COUNTERFACT_HUB,
+    )
+    if isinstance(path, str) and (path == HUB or path.startswith("hf:")):
+        # a hub dataset comes split (train, test): the original file's order is case_id order
+        records.sort(key=lambda r: (r.get("case_id") is None, r.get("case_id") or 0) if isinstance(r, Mapping) else (True, 0))
     return [_counterfact_request(rec, i, file) for i, rec in _window(records, n, start, file)]
 
 
@@ -244,6 +307,7 @@ def load_zsre(
 
     ``target="answers0"`` (kmeng01's ROME and MEMIT): write ``answers[0]``, no ``target_true``.
     ``target="alt"`` (MEND, EasyEdit): write ``alt``, with ``answers[0]`` as ``target_true``.
+    ``path``: a file or folder, an ``hf:`` reference, or ``None`` for kmeng01's file, downloaded once.
     ``case_id`` is the record's index in the file, as in the reference. The subject must occur in
     ``src``; its first occurrence becomes ``{}`` (the reference replaces every occurrence, which
     gives the same prompt text).
@@ -251,14 +315,15 @@ def load_zsre(
     if target not in ("answers0", "alt"):
         raise DatasetError(f"zsRE: target must be 'answers0' or 'alt', got {target!r}")
     if path is None:
-        file = _canonical_file("zsre_mend_eval.json", ZSRE_URL, LOCAL_ZSRE)
+        file = _canonical_file("zsre_mend_eval.json", ZSRE_URL)
+        records = _read_json_list(file)
     else:
-        file = _resolve_file(
+        records, file = _records(
             path,
             ("zsre_mend_eval.json", "zsre_mend_train-1k.json", "zsre/zsre_mend_eval.json", "zsre/zsre_mend_train-1k.json"),
             "zsRE",
+            None,
         )
-    records = _read_json_list(file)
     return [_zsre_request(rec, i, file, target) for i, rec in _window(records, n, start, file)]
 
 
@@ -318,17 +383,19 @@ class GlueExample:
 
 def load_glue(task: str, path_or_dir: str | Path | None = None) -> list[GlueExample]:
     """The GLUE subset of ``task`` (sst2, mrpc, cola, rte) from a JSON file, or from
-    ``{dir}/{task}.json`` or ``{dir}/glue/{task}.json``; ``None`` uses :func:`default_data_dir`."""
+    ``{dir}/{task}.json`` or ``{dir}/glue/{task}.json`` (plain or compressed); ``None`` uses
+    :func:`default_data_dir` (the shipped subsets); ``"hub"`` the task's whole validation split."""
     if task not in GLUE_TASKS:
         raise DatasetError(f"unknown GLUE task {task!r}; choose from {GLUE_TASKS}")
-    if path_or_dir is None:
-        path_or_dir = default_data_dir()
-        if path_or_dir is None:
-            raise DatasetError(
-                f"GLUE {task}: no data folder found; pass a path or set $FASTEDIT_DATA_DIR to the folder holding glue/{task}.json"
-            )
-    file = _resolve_file(path_or_dir, (f"{task}.json", f"glue/{task}.json"), f"GLUE {task}")
-    records = _read_json_list(file)
+    if path_or_dir == HUB:
+        datasets = _import_datasets(f"GLUE {task}")
+        try:
+            records = [dict(row) for row in datasets.load_dataset(GLUE_HUB, task, split="validation")]
+        except Exception as err:
+            raise _hub_failure(f"GLUE {task} ({GLUE_HUB})", err) from err
+        file = Path(f"hf:{GLUE_HUB}/{task}")
+    else:
+        records, file = _records(path_or_dir, (f"{task}.json", f"glue/{task}.json"), f"GLUE {task}", None)
     return [_glue_example(rec, i, file, task) for i, rec in enumerate(records)]
 
 

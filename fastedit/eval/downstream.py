@@ -270,8 +270,8 @@ def evaluate_glue(
     example (the first ``n_per_task`` of the rest, all if ``None``) scored by its label words'
     log-probabilities.
 
-    ``data_dir``: the folder holding ``glue/{task}.json`` or ``{task}.json`` (default
-    :func:`~fastedit.eval.datasets.default_data_dir`). Returns ``{task: {"accuracy", "f1" (weighted,
+    ``data_dir``: the folder holding ``glue/{task}.json`` or ``{task}.json``, or ``"hub"`` (default
+    :func:`~fastedit.eval.datasets.default_data_dir`: the subsets that ship with fastedit). Returns ``{task: {"accuracy", "f1" (weighted,
     as the r-ROME authors report), "f1_macro", "f1_positive", "mcc", "label_word_prob", "n",
     "n_shots", "shot_idx", "idx", "labels", "predictions", "label_logprobs", "time_s"}}``. The same
     arguments give the same examples, shots and (on the same model) the same numbers.

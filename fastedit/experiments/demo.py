@@ -35,16 +35,11 @@ def demo_requests() -> list[EditRequest]:
 
 
 def default_stats_source() -> str:
-    """A local Wikipedia sample if one is around (``$FASTEDIT_STATS_SOURCE``, else the offline data
-    folder: ``$FASTEDIT_DATA_DIR`` or ``../shared/data``), else the ``wikipedia`` dataset."""
-    from ..eval.datasets import default_data_dir
+    """``$FASTEDIT_STATS_SOURCE`` if set, else the Wikipedia sample that ships with fastedit
+    (:data:`fastedit.bundled.WIKIPEDIA_SAMPLE`, 105 articles): the default jobs need no network."""
+    from ..bundled import WIKIPEDIA_SAMPLE
 
-    if os.environ.get("FASTEDIT_STATS_SOURCE"):
-        return os.environ["FASTEDIT_STATS_SOURCE"]
-    root = default_data_dir()
-    if root is not None and (root / "wikipedia" / "enwiki_sample.jsonl").exists():
-        return str(root / "wikipedia" / "enwiki_sample.jsonl")
-    return "wikipedia"
+    return os.environ.get("FASTEDIT_STATS_SOURCE") or str(WIKIPEDIA_SAMPLE)
 
 
 def _score(model, tok, reqs: list[EditRequest]) -> list[dict]:
@@ -78,12 +73,14 @@ def run_demo(
     out_dir: str | Path = "runs/demo",
     method: str = "memit",
     model_name: str = "smollm2-135m",
+    hparams=None,
     stats_source: str | None = None,
     stats_dir: str | Path | None = None,
     stats_max_len: int = 512,
     seed: int = 0,
 ) -> dict:
-    """Run the demo and return its summary (also written to ``out_dir/results.json``)."""
+    """Run the demo and return its summary (also written to ``out_dir/results.json``). ``hparams``:
+    a preset name, file or dict (default: the preset named after ``model_name``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stats_source = stats_source or default_stats_source()
@@ -93,7 +90,7 @@ def run_demo(
     model, tok = load_model(model_name)
     reqs = demo_requests()
     session = EditSession(
-        model, tok, method, model_name, seed=seed, stats_dir=stats_dir, stats_source=stats_source,
+        model, tok, method, hparams or model_name, seed=seed, stats_dir=stats_dir, stats_source=stats_source,
         stats_max_len=stats_max_len,
     )
     config = {

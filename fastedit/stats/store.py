@@ -49,8 +49,9 @@ def default_stats_dir() -> Path:
 class SecondMomentStore:
     """C per edited layer for one model.
 
-    ``source``: where to compute missing statistics from (a path or dataset name; default
-    ``$FASTEDIT_STATS_SOURCE``, else the hparams' ``mom2_dataset`` through ``datasets``).
+    ``source``: where to compute missing statistics from (a path or a dataset name streamed through
+    ``datasets``, see :mod:`fastedit.stats.sources`; default ``$FASTEDIT_STATS_SOURCE``; with neither,
+    missing statistics raise :class:`StatsMissingError`).
     ``model_name``: the cache folder name (default: the model's ``name_or_path``). ``max_len``:
     truncate documents to this many tokens when computing (default: the model's context length, as
     the references do; recorded in the sidecar).
@@ -190,8 +191,9 @@ class SecondMomentStore:
             tried = ", ".join(str(p) for layer in layers for p in self.paths(layer))
             raise StatsMissingError(
                 f"no statistics cache for layer(s) {layers} (looked for {tried}) and no text source to compute "
-                "them from: pass stats_source=PATH (e.g. ../shared/data/wikipedia/enwiki_sample.jsonl), set "
-                "FASTEDIT_STATS_SOURCE, or run `fastedit stats`"
+                "them from: pass stats_source=PATH (a .jsonl/.txt file or folder; fastedit.bundled.WIKIPEDIA_SAMPLE "
+                "is the Wikipedia sample that ships with fastedit) or a dataset name ('wikipedia', streamed through "
+                "datasets), set FASTEDIT_STATS_SOURCE, or run `fastedit stats`"
             )
         source = open_source(self.source)
         layers = sorted(layers)

@@ -1,10 +1,14 @@
 """Dataset loaders: both CounterFact layouts, zsRE, the GLUE subsets; errors that name record and field."""
 
+import gzip
 import json
+import lzma
+import sys
 import urllib.error
 
 import pytest
 
+from fastedit.bundled import PACKAGE_DATA
 from fastedit.eval import datasets
 from fastedit.eval.datasets import (
     DatasetError,
@@ -134,28 +138,117 @@ def test_counterfact_not_a_list(tmp_path):
         load_counterfact(tmp_path / "missing.json")
 
 
-def test_counterfact_default_offline(tmp_path, monkeypatch):
+def test_default_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTEDIT_DATA_DIR", str(tmp_path))
+    assert default_data_dir() == tmp_path
+    monkeypatch.delenv("FASTEDIT_DATA_DIR")
+    assert default_data_dir() == PACKAGE_DATA  # never a folder outside the package
+
+
+def test_counterfact_default_is_the_shipped_sample(shared_data, monkeypatch):
+    """No path: the 10,000 records that ship with the package, the same as the offline data folder's."""
+    monkeypatch.delenv("FASTEDIT_DATA_DIR", raising=False)
+    raw = json.loads((shared_data / "counterfact" / "counterfact-edit.json").read_text())
+    reqs = load_counterfact(n=3, start=9997)
+    assert [r.case_id for r in reqs] == [rec["case_id"] for rec in raw[9997:]]
+    assert [r.target_new for r in reqs] == [rec["target_new"] for rec in raw[9997:]]
+    assert len(load_counterfact()) == 10000
+
+
+def test_compressed_files(tmp_path):
+    for suffix, opener in ((".xz", lzma.open), (".gz", gzip.open)):
+        path = tmp_path / f"cf{suffix}.json{suffix}"
+        with opener(path, "wt", encoding="utf-8") as f:
+            json.dump([SIMPLIFIED], f)
+        assert load_counterfact(path)[0].case_id == 4
+    folder = tmp_path / "dir"
+    (folder / "counterfact").mkdir(parents=True)
+    with lzma.open(folder / "counterfact" / "counterfact-edit.json.xz", "wt") as f:
+        json.dump([SIMPLIFIED], f)
+    assert load_counterfact(folder)[0].case_id == 4
+    (tmp_path / "broken.json.xz").write_bytes(b"not xz")
+    with pytest.raises(DatasetError, match="broken.json.xz"):
+        load_counterfact(tmp_path / "broken.json.xz")
+
+
+class FakeDatasets:
+    """Stands in for the ``datasets`` package: records each call, serves given rows, or fails as an
+    offline ``datasets`` does when the data is not in its cache."""
+
+    def __init__(self, rows, offline_error=False):
+        self.rows, self.offline_error, self.calls = rows, offline_error, []
+
+    def load_dataset(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        if self.offline_error:
+            raise ConnectionError("Couldn't reach the Hugging Face Hub (offline mode is enabled)")
+        return self.rows
+
+
+def test_counterfact_hub(monkeypatch):
+    rows = {"train": [dict(ORIGINAL, case_id=2), dict(ORIGINAL, case_id=0)], "test": [dict(ORIGINAL, case_id=1)]}
+    fake = FakeDatasets(rows)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    reqs = load_counterfact("hub", n=2)
+    assert fake.calls == [((datasets.COUNTERFACT_HUB,), {})]
+    assert [r.case_id for r in reqs] == [0, 1]  # the original file's order: case ids, across the splits
+    assert reqs[0].neighborhood_prompts == tuple(ORIGINAL["neighborhood_prompts"])
+    load_counterfact("hf:someone/counterfact-copy")
+    assert fake.calls[-1] == (("someone/counterfact-copy",), {})
+
+
+def test_hub_offline_and_missing_package(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setitem(sys.modules, "datasets", FakeDatasets({}, offline_error=True))
+    with pytest.raises(DatasetError, match=r"HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set.*pass a local file"):
+        load_counterfact("hub")
+    with pytest.raises(DatasetError, match=r"GLUE sst2.*offline"):
+        load_glue("sst2", "hub")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets raises ImportError
+    with pytest.raises(DatasetError, match=r"optional 'datasets' package.*pip install datasets"):
+        load_counterfact("hub")
+
+
+def test_hub_file_through_huggingface_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    (tmp_path / "zsre.json").write_text(json.dumps([ZSRE]))
+    calls = []
+
+    def download(repo_id, filename, repo_type=None, **kw):
+        calls.append((repo_id, filename, repo_type))
+        return str(tmp_path / "zsre.json")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    (r,) = load_zsre("hf:owner/zsre-data/data/zsre_mend_eval.json")
+    assert calls == [("owner/zsre-data", "data/zsre_mend_eval.json", "dataset")] and r.target_new == "uniform"
+    with pytest.raises(DatasetError, match="hf:owner/name"):
+        load_zsre("hf:justone")
+
+
+def test_zsre_default_download_honours_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTEDIT_CACHE", str(tmp_path / "cache"))
+
+    def no_download(url, dest, timeout=30.0):
+        raise AssertionError("downloaded although HF_HUB_OFFLINE is set")
+
+    monkeypatch.setattr(datasets, "_download", no_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DatasetError, match=r"HF_HUB_OFFLINE.*--data FILE"):
+        load_zsre()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
 
     def offline(url, dest, timeout=30.0):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(datasets, "_download", offline)
-    with pytest.raises(DatasetError, match=r"pass a local file.*counterfact-edit\.json"):
-        load_counterfact()
+    with pytest.raises(DatasetError, match=r"could not be downloaded.*pass a local file"):
+        load_zsre()
     # Once the canonical file is in the cache it is read without a download.
-    cached = tmp_path / "cache" / "data" / "counterfact.json"
+    cached = tmp_path / "cache" / "data" / "zsre_mend_eval.json"
     cached.parent.mkdir(parents=True)
-    cached.write_text(json.dumps([ORIGINAL]))
-    assert load_counterfact()[0].case_id == 11
-
-
-def test_default_data_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTEDIT_DATA_DIR", str(tmp_path))
-    assert default_data_dir() == tmp_path
-    monkeypatch.delenv("FASTEDIT_DATA_DIR")
-    found = default_data_dir()
-    assert found is None or (found.name == "data" and found.parent.name == "shared")
+    cached.write_text(json.dumps([ZSRE]))
+    assert load_zsre()[0].target_new == "uniform"
 
 
 # ---------------------------------------------------------------------------------- zsRE
@@ -214,6 +307,16 @@ def test_glue_shared(shared_data, task):
     else:
         assert (examples[0].sentence, examples[0].sentence2) == (first["sentence"], None)
     assert load_glue(task, shared_data / "glue" / f"{task}.json") == examples
+    assert load_glue(task) == examples  # the subsets that ship with the package are these
+
+
+def test_glue_hub(monkeypatch):
+    rows = [{"sentence": "a fine film", "label": 1, "idx": 0}, {"sentence": "dull", "label": 0, "idx": 1}]
+    fake = FakeDatasets(rows)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    examples = load_glue("sst2", "hub")
+    assert fake.calls == [((datasets.GLUE_HUB, "sst2"), {"split": "validation"})]
+    assert [(e.idx, e.label, e.sentence) for e in examples] == [(0, 1, "a fine film"), (1, 0, "dull")]
 
 
 @pytest.mark.parametrize(

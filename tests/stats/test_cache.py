@@ -122,3 +122,80 @@ def test_sources(tmp_path, shared_data):
     bad.write_text('{"text": "ok"}\n{"body": 1}\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         open_source(bad)
+
+
+def test_shipped_sample_is_the_offline_one(shared_data):
+    from fastedit.bundled import WIKIPEDIA_SAMPLE
+
+    shipped = open_source(WIKIPEDIA_SAMPLE)
+    assert shipped.docs == open_source(shared_data / "wikipedia" / "enwiki_sample.jsonl").docs
+    assert not shipped.streamed and shipped.sample_indices(3) == [i for i in shipped.sample_indices(None)][:3]
+
+
+def test_compressed_sources(tmp_path):
+    import gzip
+    import lzma
+
+    (tmp_path / "docs").mkdir()
+    with lzma.open(tmp_path / "docs" / "a.jsonl.xz", "wt") as f:
+        f.write('{"text": "one"}\n"two"\n')
+    with gzip.open(tmp_path / "docs" / "b.txt.gz", "wt") as f:
+        f.write("three")
+    (tmp_path / "docs" / "notes.xz").write_bytes(b"")  # no text suffix under the compression: skipped
+    assert open_source(tmp_path / "docs").docs == ["one", "two", "three"]
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        open_source(tmp_path / "missing.jsonl")
+
+
+class _FakeStream:
+    """A streamed dataset as ``datasets`` returns one: iterable, ``shuffle``, split information."""
+
+    def __init__(self, rows, shuffled=None):
+        self.rows, self.shuffled = rows, shuffled
+        self.info = type("Info", (), {"splits": {"train": type("Split", (), {"num_examples": len(rows)})()}})()
+
+    def shuffle(self, seed, buffer_size):
+        self.shuffled = (seed, buffer_size)
+        return _FakeStream(self.rows[::-1], shuffled=self.shuffled)
+
+    def __iter__(self):
+        return iter({"text": t} for t in self.rows)
+
+
+def test_wikipedia_streams_the_current_dump(monkeypatch):
+    import sys
+
+    calls, stream = [], _FakeStream([f"article {i}" for i in range(6)])
+
+    def load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return stream
+
+    monkeypatch.setitem(sys.modules, "datasets", type("datasets", (), {"load_dataset": staticmethod(load_dataset)}))
+    src = open_source("wikipedia")
+    assert calls == [(("wikimedia/wikipedia", "20231101.en"), {"split": "train", "streaming": True})]
+    assert stream.shuffled == (1, 10_000) and src.streamed and src.name == "hf:wikimedia/wikipedia/20231101.en"
+    assert len(src) == 6 and src.sample_indices(3) == [0, 1, 2]
+    assert [src.docs[i] for i in (0, 1, 1, 4, 2)] == ["article 5", "article 4", "article 4", "article 1", "article 3"]
+    with pytest.raises(IndexError, match="ended after 6"):
+        src.docs[7]
+    open_source("someone/corpus:en")
+    assert calls[-1][0] == ("someone/corpus", "en")
+
+
+def test_stream_errors(monkeypatch):
+    import sys
+
+    with pytest.raises(FileNotFoundError, match="neither a local file or folder nor a dataset name"):
+        open_source("no-such-corpus")
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(FileNotFoundError, match=r"optional 'datasets' package.*Wikipedia sample that ships"):
+        open_source("wikipedia")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline mode is enabled")
+
+    monkeypatch.setitem(sys.modules, "datasets", type("datasets", (), {"load_dataset": staticmethod(offline)}))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"HF_DATASETS_OFFLINE is set.*pass a local text file"):
+        open_source("wikipedia")
