@@ -11,6 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from fastedit.models import random_model
+from textdata import write_stats_corpus
 
 TIMING = {"seconds", "eval_seconds", "edit_seconds", "edits_per_s", "time_s"}
 
@@ -30,9 +31,9 @@ def setup(tmp_path_factory, gpt2_tok):
     model.save_pretrained(root / "tiny-gpt2")
     gpt2_tok.save_pretrained(root / "tiny-gpt2")
     (root / "hp.json").write_text(json.dumps({
-        "layers": [1, 2], "v_num_grad_steps": 3, "v_loss_layer": 3, "mom2_update_weight": 10.0, "mom2_n_samples": 4,
+        "layers": [1, 2], "v_num_grad_steps": 3, "v_loss_layer": 3, "mom2_update_weight": 10.0, "mom2_n_samples": 6,
     }))
-    (root / "corpus.txt").write_text("The cat sat on the mat and the dog sat on the log. " * 30)
+    write_stats_corpus(root / "corpus.jsonl")
     return root
 
 
@@ -41,7 +42,7 @@ def command(setup, shared_data, out, edits=6):
         sys.executable, "-m", "fastedit.cli", "run", "--model", str(setup / "tiny-gpt2"), "--method", "memit",
         "--data", str(shared_data / "counterfact" / "counterfact-edit.json"), "--edits", str(edits),
         "--batch-size", "1", "--eval-every", "2", "--hparams", str(setup / "hp.json"), "--downstream-n", "4",
-        "--stats-source", str(setup / "corpus.txt"), "--stats-dir", str(setup / "stats"), "--device", "cpu",
+        "--stats-source", str(setup / "corpus.jsonl"), "--stats-dir", str(setup / "stats"), "--device", "cpu",
         "--out", str(out),
     ]
 
