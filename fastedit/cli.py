@@ -139,18 +139,21 @@ def cmd_edit(args) -> int:
     from safetensors.torch import save_file
 
     from .engine import EditSession
+    from .hparams import load_hparams
     from .models.loading import load_model
     from .profiling import chrome_trace
     from .requests import as_requests
 
+    # inputs are checked before the model is loaded or anything is written
+    reqs = as_requests(_read_requests(args.requests))
+    hparams = load_hparams(args.method, args.hparams) if args.hparams is not None else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, tok = load_model(args.model, dtype=args.dtype, device=_device(args.device))
     session = EditSession(
-        model, tok, args.method, args.hparams, seed=args.seed, stats_dir=args.stats_dir,
+        model, tok, args.method, hparams, seed=args.seed, stats_dir=args.stats_dir,
         stats_source=args.stats_source, stats_max_len=args.stats_max_len,
     )
-    reqs = as_requests(_read_requests(args.requests))
     (out / "config.json").write_text(json.dumps(
         {"model": args.model, "method": args.method, "hparams": session.hp.to_dict(), "requests": args.requests,
          "seed": args.seed, "dtype": args.dtype}, indent=2) + "\n")

@@ -41,21 +41,25 @@ __all__ = ["memit_updates", "MemitKeyReader", "lu_solver", "WoodburySolver", "ch
 
 Solver = Callable[[int, torch.Tensor], torch.Tensor]
 
-# A solve is refused when its pivots say the matrix is singular to working precision
-# (pivot-ratio estimate of the condition number × machine epsilon above this), or when the
+# A solve is refused when its pivots say the matrix is singular to the precision of its data (the
+# pivot-ratio estimate of the condition number × the epsilon of the statistics' dtype, float32 as
+# stored, above CONDITION_TOL: directions of C below its rounding carry no information; healthy
+# statistics sit near 1e3, statistics from fewer vectors than the width near 1e8), or when the
 # normwise backward error ‖AX − K‖ / (‖A‖‖X‖ + ‖K‖) of its result is above RESIDUAL_TOL.
-CONDITION_TOL = 0.5
+CONDITION_TOL = 1.0
 RESIDUAL_TOL = 1e-3
 
 
-def _check_conditioning(pivots: torch.Tensor, power: int, layer: int, what: str) -> None:
-    """``pivots``: the diagonal of a Cholesky (power 2) or LU (power 1) factor of A."""
+def _check_conditioning(pivots: torch.Tensor, power: int, layer: int, what: str, data_dtype: torch.dtype) -> None:
+    """``pivots``: the diagonal of a Cholesky (power 2) or LU (power 1) factor of A, whose entries
+    were known to ``data_dtype`` precision."""
     p = pivots.abs().double()
     cond = float((p.max() / p.min()) ** power) if float(p.min()) > 0 else float("inf")
-    if not cond * torch.finfo(pivots.dtype).eps <= CONDITION_TOL:
+    eps = max(torch.finfo(pivots.dtype).eps, torch.finfo(data_dtype).eps)
+    if not cond * eps <= CONDITION_TOL:
         raise NumericalError(
-            f"layer {layer}: {what} is singular to {pivots.dtype} precision (condition number at least {cond:.3g}); "
-            "the statistics are degenerate: recompute them from more text, or raise mom2_update_weight"
+            f"layer {layer}: {what} is singular to the precision of its statistics (condition number at least "
+            f"{cond:.3g}); the statistics are degenerate: recompute them from more text"
         )
 
 
@@ -135,9 +139,9 @@ def lu_solver(second_moment, weight: float, dtype: torch.dtype) -> Solver:
     """The reference's solve: ``torch.linalg.solve(λC + KKᵀ, K)`` (LU) in ``dtype``."""
 
     def solve(layer: int, k: torch.Tensor) -> torch.Tensor:
-        c = second_moment(layer).to(dtype)
-        lu, piv = torch.linalg.lu_factor(weight * c + k @ k.T)
-        _check_conditioning(lu.diagonal(), 1, layer, "λC + KKᵀ")
+        stored = second_moment(layer)
+        lu, piv = torch.linalg.lu_factor(weight * stored.to(dtype) + k @ k.T)
+        _check_conditioning(lu.diagonal(), 1, layer, "λC + KKᵀ", stored.dtype)
         return torch.linalg.lu_solve(lu, piv, k)
 
     return solve
@@ -159,15 +163,16 @@ class WoodburySolver:
 
     def factor(self, layer: int) -> torch.Tensor:
         if layer not in self.factors:
-            a = self.weight * self.second_moment(layer).to(self.dtype)
+            stored = self.second_moment(layer)
+            a = self.weight * stored.to(self.dtype)
             try:
                 chol = ops.cholesky(a)
             except ops.NotPositiveDefiniteError as e:
                 raise NumericalError(
                     f"layer {layer}: λC is not positive definite ({e}); the statistics are degenerate: "
-                    "recompute them from more text, or raise mom2_update_weight"
+                    "recompute them from more text"
                 ) from None
-            _check_conditioning(chol.diagonal(), 2, layer, "λC")
+            _check_conditioning(chol.diagonal(), 2, layer, "λC", stored.dtype)
             self.factors[layer] = chol
         return self.factors[layer]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,13 +128,19 @@ def save_second_moment(path: Path, stat: SecondMoment, meta: dict[str, Any] | No
 def load_second_moment(path: Path) -> SecondMoment:
     """Read a reference-layout npz (no pickle) and its sidecar if there is one."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in ("mom2.mom2", "mom2.count") if k not in data]
-        if missing:
-            raise StatsMismatchError(f"{path}: not a second-moment cache (missing {', '.join(missing)})")
-        mom2 = torch.from_numpy(np.array(data["mom2.mom2"]))
-        count = int(data["mom2.count"])
-        sample_size = int(data["sample_size"]) if "sample_size" in data and data["sample_size"].shape == () else None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("mom2.mom2", "mom2.count") if k not in data]
+            if missing:
+                raise StatsMismatchError(f"{path}: not a second-moment cache (missing {', '.join(missing)})")
+            mom2 = torch.from_numpy(np.array(data["mom2.mom2"]))
+            count = int(data["mom2.count"])
+            sample_size = int(data["sample_size"]) if "sample_size" in data and data["sample_size"].shape == () else None
+    except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, StatsMismatchError):
+            raise
+        # pickled objects are refused (allow_pickle=False) like any other unreadable content
+        raise StatsMismatchError(f"{path}: not a readable statistics file ({e}); delete it to recompute") from None
     meta = None
     mp = meta_path(path)
     if mp.exists():

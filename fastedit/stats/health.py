@@ -50,7 +50,10 @@ def check_second_moment(stat: SecondMoment, width: int | None = None, min_count:
     sym = (c + c.T) / 2
     trace = float(sym.diagonal().sum())
     if trace <= 0:
-        raise StatsHealthError(f"{where}statistics have a non-positive trace ({trace:.3g}): they are not a second moment")
+        raise StatsHealthError(
+            f"{where}statistics are not positive semi-definite (trace {trace:.3g}): they are not a second moment of "
+            "key vectors; recompute them"
+        )
     shifted = sym + (PSD_TOL * trace) * torch.eye(d, dtype=sym.dtype, device=sym.device)
     if int(torch.linalg.cholesky_ex(shifted).info) != 0:
         low = float(torch.linalg.eigvalsh(sym)[0])

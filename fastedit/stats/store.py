@@ -193,7 +193,7 @@ class SecondMomentStore:
             tried = ", ".join(str(p) for layer in layers for p in self.paths(layer))
             raise StatsMissingError(
                 f"no statistics cache for layer(s) {layers} (looked for {tried}) and no text source to compute "
-                "them from: pass stats_source=PATH (e.g. ../shared/data/wikipedia/enwiki_sample.jsonl), set "
+                "them from: pass stats_source=PATH (a .jsonl/.txt file or folder of text), set "
                 "FASTEDIT_STATS_SOURCE, or run `fastedit stats`"
             )
         source = open_source(self.source)

@@ -71,9 +71,11 @@ def test_run_outputs(setup, shared_data, tmp_path):
     assert replot.returncode == 0 and "norms.png" in replot.stdout
 
 
-def test_killed_run_resumes_to_the_same_results(setup, shared_data, tmp_path):
+@pytest.mark.parametrize("torn", [False, True], ids=["kill", "kill-mid-append"])
+def test_killed_run_resumes_to_the_same_results(setup, shared_data, tmp_path, torn):
     """Kill a real run after its first saved checkpoint, resume it, and compare with a run that was
-    never interrupted: same log lines (timings aside), same final weights bit for bit."""
+    never interrupted: same log lines (timings aside), same final weights bit for bit. ``torn``: the
+    kill also left half-written last lines in both logs (a kill or a full disk during an append)."""
     whole = tmp_path / "whole"
     assert subprocess.run(command(setup, shared_data, whole), capture_output=True, timeout=600).returncode == 0
 
@@ -89,6 +91,10 @@ def test_killed_run_resumes_to_the_same_results(setup, shared_data, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (broken / "summary.json").exists(), "the run finished before it could be killed"
+    if torn:
+        for name in ("edits.jsonl", "checkpoints.jsonl"):
+            with open(broken / name, "a") as f:
+                f.write('{"edit": 99, "edits": 99, "case_ids": [1')
     resumed = subprocess.run(command(setup, shared_data, broken), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for name in ("edits.jsonl", "checkpoints.jsonl"):
