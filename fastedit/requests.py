@@ -95,8 +95,6 @@ class EditRequest:
                 raise RequestError(f"request {rid}: target_true must be a string, got {type(self.target_true).__name__}")
             if not self.target_true.strip():
                 raise RequestError(f"request {rid}: target_true is empty (leave it out instead)")
-            if self.target_true.strip() == self.target_new.strip():
-                raise RequestError(f"request {rid}: target_new {self.target_new!r} is the true target: nothing to edit")
 
     # ------------------------------------------------------------------ identity and text
     @property
@@ -107,6 +105,12 @@ class EditRequest:
     def text(self) -> str:
         """The prompt with the subject filled in."""
         return self.prompt.format(self.subject)
+
+    @property
+    def changes_nothing(self) -> bool:
+        """The new target is the true one: there is nothing to edit (refused by :func:`as_requests`;
+        datasets that hold such records skip them)."""
+        return self.target_true is not None and self.target_true.strip() == self.target_new.strip()
 
     @property
     def target_new_spaced(self) -> str:
@@ -226,7 +230,10 @@ def as_requests(items: Iterable[EditRequest | Mapping[str, Any]] | EditRequest |
         raise RequestError(f"requests must be a request or a list of requests, got {type(items).__name__}")
     out = []
     for i, item in enumerate(items):
-        out.append(item if isinstance(item, EditRequest) else EditRequest.from_dict(item, index=i))
+        req = item if isinstance(item, EditRequest) else EditRequest.from_dict(item, index=i)
+        if req.changes_nothing:
+            raise RequestError(f"request #{i} ({req.name}): target_new {req.target_new!r} is the true target: nothing to edit")
+        out.append(req)
     if not out:
         raise RequestError("no edit requests given")
     return out

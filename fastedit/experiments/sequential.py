@@ -89,10 +89,25 @@ def load_requests(cfg: RunConfig) -> list[EditRequest]:
     # an explicit --data wins; else the offline copy; else the loader downloads the canonical file
     path = cfg.data or (local if local is not None and local.exists() else None)
     if cfg.dataset == "counterfact":
-        return load_counterfact(path, n=n, start=cfg.start)
-    if cfg.dataset == "zsre":
-        return load_zsre(path, n=n, start=cfg.start, target=cfg.zsre_target)
-    raise ValueError(f"unknown dataset {cfg.dataset!r}: counterfact or zsre")
+        load = lambda count: load_counterfact(path, n=count, start=cfg.start)  # noqa: E731
+    elif cfg.dataset == "zsre":
+        load = lambda count: load_zsre(path, n=count, start=cfg.start, target=cfg.zsre_target)  # noqa: E731
+    else:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}: counterfact or zsre")
+    # a record whose new target is its true one edits nothing: skipped (with a note), and as many
+    # more records read in its place
+    count = n
+    while True:
+        records = load(count)
+        kept = [r for r in records if not r.changes_nothing]
+        if len(kept) >= n or len(records) < count:
+            break
+        count += n - len(kept)
+    if len(kept) < len(records):
+        skipped = [r.case_id for r in records if r.changes_nothing]
+        log.warning("%s: skipping %d record(s) whose new target is the true one (case ids %s)",
+                    cfg.dataset, len(skipped), skipped[:10])
+    return kept[:n]
 
 
 class _Scorer:

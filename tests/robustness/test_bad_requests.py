@@ -111,3 +111,21 @@ def test_any_record_is_a_usable_request_or_a_named_error(prompt, subject, target
     assert isinstance(req, EditRequest)
     assert req.text == req.prompt.replace("{}", req.subject)
     assert req.target_new.strip() and req.target_new.strip() != (req.target_true or "").strip()
+
+
+def test_dataset_records_that_change_nothing_are_skipped_with_a_note(shared_data, caplog):
+    """zsRE with MEND's targets holds records whose counterfactual equals the true answer: a run
+    skips them (with a note) instead of failing or making an edit that changes nothing."""
+    from fastedit.experiments.sequential import RunConfig, load_requests
+
+    cfg = RunConfig(dataset="zsre", data=str(shared_data / "zsre" / "zsre_mend_train-1k.json"), edits=400,
+                    batch_size=1, zsre_target="alt")
+    with caplog.at_level("WARNING"):
+        reqs = load_requests(cfg)
+    assert len(reqs) == 400 and not any(r.changes_nothing for r in reqs)
+    assert "skipping" in caplog.text and "true one" in caplog.text
+    from fastedit.eval.datasets import load_zsre
+
+    noop = next(r for r in load_zsre(cfg.data, n=400, target="alt") if r.changes_nothing)
+    with pytest.raises(RequestError, match="true target"):
+        as_requests([noop])
