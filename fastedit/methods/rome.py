@@ -32,7 +32,7 @@ from .base import LowRankUpdate, MethodOutput, apply_update, resolve_dtype
 from .keys import lookup_index, read_at_positions
 from .target import compute_target_values
 
-__all__ = ["rome_updates"]
+__all__ = ["rome_updates", "checked_inverse"]
 
 
 def rome_updates(
@@ -112,3 +112,23 @@ def _check_denominator(denom: torch.Tensor, key: torch.Tensor, u: torch.Tensor, 
             f"layer {layer}: the ROME solve is degenerate (kᵀC⁻¹k ≈ {float(denom):.3g}); the statistics are "
             "singular in practice: recompute them from more text"
         )
+
+
+def checked_inverse(c: torch.Tensor, dtype: torch.dtype, layer: int) -> torch.Tensor:
+    """C⁻¹ (d_ff, d_ff) as the reference computes it (``torch.inverse`` in ``dtype``), refused with
+    :class:`NumericalError` when it is not finite, when C is singular to the precision of its
+    statistics (‖C‖_F‖C⁻¹‖_F / d, a lower bound of the condition number, × C's epsilon above 1), or
+    when ‖C C⁻¹ − I‖_F / √d is above 1e-2."""
+    inv = torch.inverse(c.to(dtype))
+    if not bool(torch.isfinite(inv).all()):
+        raise NumericalError(f"layer {layer}: the second moment is singular; cannot invert it")
+    d = c.shape[0]
+    cond = float(c.double().norm()) * float(inv.double().norm()) / d
+    eps = max(torch.finfo(c.dtype).eps, torch.finfo(dtype).eps)
+    err = float((c.to(dtype) @ inv - torch.eye(d, dtype=dtype, device=inv.device)).norm()) / d**0.5
+    if cond * eps > 1.0 or not err <= 1e-2:
+        raise NumericalError(
+            f"layer {layer}: the second moment is singular to the precision of its statistics (condition number at "
+            f"least {cond:.3g}, inverse residual {err:.2e}): recompute them from more text"
+        )
+    return inv

@@ -93,8 +93,10 @@ def test_failed_run_is_exit_1_and_debug_raises(saved, tmp_path, healthy_stats, c
     """A run that fails with good inputs (here: a solve that fails its residual check) exits 1 with
     one line and writes no results; --debug lets the error through with its traceback."""
     from fastedit.engine import EditFailedError
-    from fastedit.methods import memit
+    from fastedit.methods import memit, templates
 
+    # fixed context texts: sampling them from the random model is slow and beside the point here
+    monkeypatch.setattr(templates, "sample_texts", lambda model, tok, prompt, n, *a, **k: [f"{prompt} was cold"] * n)
     real = memit.WoodburySolver.__call__
     monkeypatch.setattr(memit.WoodburySolver, "__call__", lambda self, l, k: real(self, l, k) * 2)
     argv = _edit(saved, tmp_path, healthy_stats)

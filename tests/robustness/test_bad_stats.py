@@ -151,3 +151,17 @@ def test_dataset_names_stay_under_the_statistics_folder(tmp_path, dataset):
 def test_model_names_stay_under_the_statistics_folder(tmp_path, model_name):
     with pytest.raises(PathEscapeError):
         stats_paths(tmp_path / "stats", model_name, "wikipedia", "layer.1", "float32", 6)
+
+
+@pytest.mark.parametrize("n,ok", [(60, False), (170, False), (2000, True)])
+def test_rome_inverse_refuses_singular_statistics(n, ok):
+    """ROME's C⁻¹: statistics from fewer vectors than the width are singular to float32 precision."""
+    from fastedit.methods.rome import checked_inverse
+
+    x = torch.randn(n, WIDTH, generator=torch.Generator().manual_seed(n))
+    c = x.T @ x / n
+    if ok:
+        assert torch.isfinite(checked_inverse(c, torch.float32, 3)).all()
+    else:
+        with pytest.raises(NumericalError, match="layer 3"):
+            checked_inverse(c, torch.float32, 3)
