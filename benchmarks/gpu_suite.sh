@@ -121,7 +121,7 @@ step extension 30 "$PY" -c 'import torch; from fastedit import _ext; m = _ext.lo
 # --- 2. GPU tests -------------------------------------------------------------------------------------
 xdist=()
 if "$PY" -c 'import xdist' 2>/dev/null; then xdist=(-n 8); fi  # parallel Triton compiles
-step kernel_tests 120 "$PY" -m pytest tests/kernels -m gpu -q -rfEs ${xdist[@]+"${xdist[@]}"} -p no:cacheprovider \
+step kernel_tests 120 env FASTEDIT_RESULTS_DIR="$results" "$PY" -m pytest tests/kernels -m gpu -q -rfEs ${xdist[@]+"${xdist[@]}"} -p no:cacheprovider \
   --junitxml="$results/gpu_suite_kernel_tests.xml"
 # importing fastedit must not initialise CUDA: only meaningful where CUDA exists
 step import_tests 90 "$PY" -m pytest tests/test_import.py -q -rfEs -p no:cacheprovider \

@@ -8,6 +8,9 @@
     fastedit presets                           the shipped hyperparameter presets and their sources
 
 Models are fastedit names (``smollm2-135m``), local folders or hub ids. Run ``fastedit CMD --help``.
+
+Errors are one line on stderr; the exit code is 2 for bad input or usage, 1 for a run that failed,
+130 for an interruption. ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main"]
+from .argtypes import int_at_least, positive_float
+
+__all__ = ["main", "run_reporting_errors"]
+
+log = logging.getLogger("fastedit")
 
 
 def _add_stats_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +37,7 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
         help="text to compute missing statistics from: a .jsonl/.txt file or folder, or a dataset name "
         "(default: $FASTEDIT_STATS_SOURCE, else the hparams' mom2_dataset)",
     )
-    p.add_argument("--stats-max-len", type=int, default=None, help="truncate statistics documents to this many tokens")
+    p.add_argument("--stats-max-len", type=int_at_least(1), default=None, help="truncate statistics documents to this many tokens")
 
 
 def _add_device_map_arg(p: argparse.ArgumentParser) -> None:
@@ -52,6 +59,7 @@ def _device_map(arg: str | None):
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fastedit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="8 sequential counterfactual edits of SmolLM2-135M with a before/after table and a plot")
@@ -67,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
     e.add_argument("--requests", required=True, help="JSON list / JSON-lines of requests (reference, CounterFact or EasyEdit layout)")
     e.add_argument("--hparams", default=None, help="preset name (smollm2-135m, gpt2-xl, ...) or reference hparams JSON file")
-    e.add_argument("--batch-size", type=int, default=None, help="MEMIT: requests per edit (default: all at once); ROME edits one at a time")
+    e.add_argument("--batch-size", type=int_at_least(1), default=None, help="MEMIT: requests per edit (default: all at once); ROME edits one at a time")
     e.add_argument("--out", required=True, help="output folder: result.json, updates.safetensors, config.json")
     e.add_argument("--save-model", action="store_true",
                    help="also write the edited model to OUT/model with save_pretrained (from_pretrained loads it)")
@@ -92,15 +100,15 @@ def _parser() -> argparse.ArgumentParser:
                    "hf:owner/name[/file.json] (default: CounterFact's 10,000 records that ship with fastedit; zsRE: "
                    "kmeng01's zsre_mend_eval.json, downloaded once)")
     r.add_argument("--dataset", default="counterfact", choices=["counterfact", "zsre"])
-    r.add_argument("--edits", type=int, required=True, help="number of edits (each of --batch-size requests)")
-    r.add_argument("--batch-size", type=int, default=1)
-    r.add_argument("--eval-every", type=int, default=10, help="checkpoint every K edits: scores, forgetting, GLUE, norms")
-    r.add_argument("--start", type=int, default=0, help="first record of the dataset to use")
+    r.add_argument("--edits", type=int_at_least(1), required=True, help="number of edits (each of --batch-size requests)")
+    r.add_argument("--batch-size", type=int_at_least(1), default=1)
+    r.add_argument("--eval-every", type=int_at_least(1), default=10, help="checkpoint every K edits: scores, forgetting, GLUE, norms")
+    r.add_argument("--start", type=int_at_least(0), default=0, help="first record of the dataset to use")
     r.add_argument("--hparams", default=None, help="preset or hparams JSON (default: the model's preset)")
-    r.add_argument("--downstream-n", type=int, default=50, help="GLUE examples per task at each checkpoint (0: off)")
-    r.add_argument("--fluency-prompts", type=int, default=0, help="prompts for generation entropy at each checkpoint (0: off)")
-    r.add_argument("--disable-factor", type=float, default=10.0, help="flag an edit whose update norm exceeds this × the running median")
-    r.add_argument("--entropy-collapse", type=float, default=0.75,
+    r.add_argument("--downstream-n", type=int_at_least(0), default=50, help="GLUE examples per task at each checkpoint (0: off)")
+    r.add_argument("--fluency-prompts", type=int_at_least(0), default=0, help="prompts for generation entropy at each checkpoint (0: off)")
+    r.add_argument("--disable-factor", type=positive_float, default=10.0, help="flag an edit whose update norm exceeds this × the running median")
+    r.add_argument("--entropy-collapse", type=positive_float, default=0.75,
                    help="with --fluency-prompts: flag the edits of a checkpoint window where generation entropy fell "
                    "below this × its initial value")
     r.add_argument("--zsre-target", default="answers0", choices=["answers0", "alt"], help="zsRE: MEMIT's answers[0] or ROME's alt")
@@ -113,9 +121,9 @@ def _parser() -> argparse.ArgumentParser:
                    "or WANDB_MODE says otherwise); optional packages. JSONL logs and plots are written either way")
     r.add_argument("--profile", default=None, metavar="PATH", help="write a Chrome trace of this invocation's edits to PATH")
     r.add_argument("--out", required=True, help="run directory (an existing one with the same configuration resumes)")
-    r.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+    r.add_argument("--time-limit", type=positive_float, default=None, metavar="MINUTES",
                    help="stop at the first checkpoint after this many minutes (the same command goes on later)")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    r.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads")
     _add_stats_args(r)
 
     pl = sub.add_parser("plot", help="redraw the plots of a run directory")
@@ -132,10 +140,15 @@ def _device(arg: str | None) -> str:
 
 
 def _read_requests(path: str) -> list:
+    from .requests import RequestError
+
     text = Path(path).read_text()
-    if path.endswith(".jsonl"):
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
+    try:
+        if path.endswith(".jsonl"):
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RequestError(f"{path}: not valid JSON ({e})") from None
     return data if isinstance(data, list) else [data]
 
 
@@ -152,18 +165,21 @@ def cmd_edit(args) -> int:
     from safetensors.torch import save_file
 
     from .engine import EditSession
+    from .hparams import load_hparams
     from .models.loading import load_model
     from .profiling import chrome_trace
     from .requests import as_requests
 
+    # inputs are checked before the model is loaded or anything is written
+    reqs = as_requests(_read_requests(args.requests))
+    hparams = load_hparams(args.method, args.hparams) if args.hparams is not None else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, tok = load_model(args.model, dtype=args.dtype, device=_device(args.device), device_map=_device_map(args.device_map))
     session = EditSession(
-        model, tok, args.method, args.hparams, seed=args.seed, stats_dir=args.stats_dir,
+        model, tok, args.method, hparams, seed=args.seed, stats_dir=args.stats_dir,
         stats_source=args.stats_source, stats_max_len=args.stats_max_len,
     )
-    reqs = as_requests(_read_requests(args.requests))
     (out / "config.json").write_text(json.dumps(
         {"model": args.model, "method": args.method, "hparams": session.hp.to_dict(), "requests": args.requests,
          "seed": args.seed, "dtype": args.dtype}, indent=2) + "\n")
@@ -203,7 +219,9 @@ def _preset_for(model: str) -> str:
     for preset in ("smollm2-135m", "gpt2-xl", "gpt-j-6b", "llama-3-8b"):
         if preset in name:
             return preset
-    raise SystemExit(f"no preset matches model {model!r}: pass --hparams")
+    from .errors import UsageError
+
+    raise UsageError(f"no preset matches model {model!r}: pass --hparams")
 
 
 def cmd_run(args) -> int:
@@ -248,12 +266,48 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def _exit_code(e: BaseException) -> int:
+    """2 when the error (or one it was raised from) is bad input, 1 for a failed run."""
+    from .errors import InputError
+
+    seen = e
+    while seen is not None:
+        if isinstance(seen, (InputError, FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+            return 2
+        seen = seen.__cause__
+    return 1
+
+
+def run_reporting_errors(prog: str, command, args) -> int:
+    """``command(args)``; an error becomes one line on stderr (what and where) and an exit code
+    (:func:`_exit_code`; 130 on Ctrl-C); ``args.debug`` re-raises it with its traceback."""
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if getattr(args, "debug", False):
+            raise
+        what = " ".join(str(e).split()) or "(no message)"
+        where = ""
+        if not isinstance(e, OSError) and e.__traceback__ is not None:
+            import traceback
+
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            where = f" [{Path(frame.filename).name}:{frame.lineno}]" if _exit_code(e) == 1 else ""
+        print(f"{prog}: error: {type(e).__name__}: {what}{where} (--debug for the traceback)", file=sys.stderr)
+        return _exit_code(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("demo", "stats", "run") else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"demo": cmd_demo, "edit": cmd_edit, "stats": cmd_stats, "run": cmd_run, "plot": cmd_plot, "presets": cmd_presets}
-    return commands[args.command](args)
+    return run_reporting_errors(f"fastedit {args.command}", commands[args.command], args)
 
 
 if __name__ == "__main__":

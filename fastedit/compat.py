@@ -24,13 +24,15 @@ import dataclasses
 import weakref
 from copy import deepcopy
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .engine import EditSession
+from .errors import safe_component
 from .hparams import HyperParams, MEMITHyperParams, ROMEHyperParams, RROMEHyperParams
+from .requests import RequestError
 
 __all__ = [
     "ROMEHyperParams",
@@ -122,7 +124,11 @@ def execute_memit(
     pre, files = {}, {}
     if cache_template is not None:
         for i, r in enumerate(requests):
-            f = Path(str(cache_template).format(hp.layers[-1], hp.clamp_norm_factor, r["case_id"]))
+            # the case id becomes a file name: it must not lead out of the template's folder
+            if not isinstance(r, Mapping) or r.get("case_id") is None:
+                raise RequestError(f"request #{i}: cache_template needs a case_id in every request")
+            case_id = safe_component(r["case_id"], f"request #{i}: case_id")
+            f = Path(str(cache_template).format(hp.layers[-1], hp.clamp_norm_factor, case_id))
             files[i] = f
             if f.exists():
                 try:

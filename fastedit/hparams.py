@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
+
+from .errors import InputError, PathEscapeError, safe_component
 
 __all__ = [
     "HyperParams",
@@ -43,14 +47,105 @@ FACT_TOKENS = ("subject_last", "subject_first", "subject_first_after_last", "las
 INDEX_RULES = ("additive", "concat")
 
 
-class HyperParamsError(ValueError):
-    """Malformed hyperparameters."""
+class HyperParamsError(InputError):
+    """Malformed hyperparameters: the message names the field."""
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    try:
+        return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(float(x))
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+def _int(lo: int):
+    return lambda x: (f"an integer >= {lo}" if not (_is_int(x) and x >= lo) else None)
+
+
+def _real(lo: float, strict: bool):
+    what = f"a finite number {'>' if strict else '>='} {lo:g}"
+    return lambda x: (what if not (_is_real(x) and (x > lo if strict else x >= lo)) else None)
+
+
+def _choice(options):
+    return lambda x: (f"one of {options}" if x not in options or not isinstance(x, (str, type(None))) else None)
+
+
+def _bool(x):
+    return None if isinstance(x, bool) else "true or false"
+
+
+def _name(optional: bool):
+    def check(x):
+        if x is None and optional:
+            return None
+        return None if isinstance(x, str) and x.strip() else "a non-empty string"
+
+    return check
+
+
+def _dataset_name(x):
+    if not (isinstance(x, str) and x.strip()):
+        return "a non-empty string"
+    try:
+        safe_component(x, "mom2_dataset")
+    except PathEscapeError:
+        return "a plain name (it becomes a folder name: no '/', '\\' or '..')"
+    return None
+
+
+# What each shared field must hold (a check returns None, or what the value should have been).
+_RULES = {
+    "fact_token": _choice(FACT_TOKENS),
+    "v_num_grad_steps": _int(1),
+    "v_lr": _real(0, True),
+    "v_loss_layer": _int(-1),  # -1 (or any layer below the edit): the loss is read at the edit layer
+    "v_weight_decay": _real(0, False),
+    "clamp_norm_factor": _real(0, True),
+    "kl_factor": _real(0, False),
+    "mom2_adjustment": _bool,
+    "ln_f_module": _name(True),
+    "lm_head_module": _name(True),
+    "mom2_dataset": _dataset_name,
+    "mom2_n_samples": _int(1),
+    "mom2_dtype": _choice(("float32", "float64", "float16", "bfloat16")),
+    "mom2_min_count": lambda x: None if x is None else _int(0)(x),
+    "model_name": _name(True),
+    "subject_index_rule": _choice(INDEX_RULES),
+    "strip_target_bos": _bool,
+    "solve_dtype": _choice((None, "float32", "float64")),
+}
+_TEMPLATES = ("rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp")
+
+
+def _check_template(name: str, tmp, plural: bool) -> str | None:
+    """A module template: None, or a string that formats with a layer number and holds ``{}`` when it
+    must name more than one module (``layer_module_tmp`` always does: the layers above are run)."""
+    if tmp is None:
+        return None
+    if not isinstance(tmp, str) or not tmp.strip():
+        return "a non-empty string"
+    try:
+        filled = tmp.format(0)
+    except (IndexError, KeyError, ValueError):
+        return "a module name with one '{}' for the layer number (other braces break formatting)"
+    if tmp.count("{}") > 1 or "{" in filled or "}" in filled:
+        return "a module name with one '{}' for the layer number (other braces break formatting)"
+    if "{}" not in tmp and (plural or name == "layer_module_tmp"):
+        return "a module name with '{}' for the layer number (it names one module per layer)"
+    return None
 
 
 @dataclass(frozen=True)
 class HyperParams:
     """Fields shared by every locate-and-edit method. Module templates left at ``None`` are taken
-    from the model's architecture adapter."""
+    from the model's architecture adapter. ``mom2_min_count`` (fastedit's): the fewest key vectors a
+    statistics file may hold (default: the layer's width, below which C is singular; 0 turns the
+    check off)."""
 
     METHOD: ClassVar[str] = ""
     PRESET_FOLDER: ClassVar[str] = ""
@@ -75,6 +170,7 @@ class HyperParams:
     mom2_dataset: str = "wikipedia"
     mom2_n_samples: int = 100000
     mom2_dtype: str = "float32"
+    mom2_min_count: int | None = None
 
     model_name: str | None = None  # present in AlphaEdit's files; informational
     subject_index_rule: str = "additive"
@@ -82,22 +178,30 @@ class HyperParams:
     solve_dtype: str | None = None
 
     def __post_init__(self) -> None:
+        layers = self.layers
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, (list, tuple)) or not all(map(_is_int, layers)):
+            self._fail("layers", layers, "a list of integers")
         # Lists from JSON become tuples so the dataclass stays hashable and frozen all the way down.
-        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        object.__setattr__(self, "layers", tuple(int(x) for x in layers))
         if not self.layers:
-            raise HyperParamsError(f"{type(self).__name__}: layers is empty")
-        if self.fact_token not in FACT_TOKENS:
-            raise HyperParamsError(f"{type(self).__name__}: fact_token {self.fact_token!r} not one of {FACT_TOKENS}")
-        if self.subject_index_rule not in INDEX_RULES:
-            raise HyperParamsError(
-                f"{type(self).__name__}: subject_index_rule {self.subject_index_rule!r} not one of {INDEX_RULES}"
-            )
-        if self.v_num_grad_steps < 1:
-            raise HyperParamsError(f"{type(self).__name__}: v_num_grad_steps must be at least 1")
-        if self.solve_dtype not in (None, "float32", "float64"):
-            raise HyperParamsError(f"{type(self).__name__}: solve_dtype {self.solve_dtype!r} not float32/float64/None")
-        if self.mom2_dtype not in ("float32", "float64", "float16", "bfloat16"):
-            raise HyperParamsError(f"{type(self).__name__}: mom2_dtype {self.mom2_dtype!r} not understood")
+            self._fail("layers", layers, "a non-empty list of layer numbers")
+        if min(self.layers) < 0:
+            self._fail("layers", layers, "a list of layer numbers >= 0")
+        self._check_rules(_RULES)
+        for name in _TEMPLATES:
+            want = _check_template(name, getattr(self, name), len(self.layers) > 1)
+            if want:
+                self._fail(name, getattr(self, name), want)
+
+    def _check_rules(self, rules) -> None:
+        for name, rule in rules.items():
+            value = getattr(self, name)
+            want = rule(value)
+            if want:
+                self._fail(name, value, want)
+
+    def _fail(self, name: str, value, want: str):
+        raise HyperParamsError(f"{type(self).__name__}: {name} must be {want}, got {value!r}")
 
     # ------------------------------------------------------------------ reading and writing
     @classmethod
@@ -167,11 +271,14 @@ class ROMEHyperParams(HyperParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(
-            self,
-            "context_template_length_params",
-            tuple((int(a), int(b)) for a, b in self.context_template_length_params),
+        params = self.context_template_length_params
+        pairs = isinstance(params, (list, tuple)) and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_int(x) and x >= 1 for x in p) for p in params
         )
+        if not pairs:
+            self._fail("context_template_length_params", params, "a list of [length, count] pairs of positive integers")
+        object.__setattr__(self, "context_template_length_params", tuple((int(a), int(b)) for a, b in params))
+        self._check_rules({n: _bool for n in ("enable_prompt_keys", "enable_random_prefix_keys", "original_implementation")})
         if len(self.layers) != 1:
             raise HyperParamsError(f"ROME edits one layer, got layers={list(self.layers)}")
         if self.enable_prompt_keys and self.enable_random_prefix_keys:
@@ -215,12 +322,11 @@ class MEMITHyperParams(HyperParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._check_rules({"mom2_update_weight": _real(0, False), "layer_selection": _choice(("all", "random"))})
         if self.fact_token == "last":
             raise HyperParamsError("MEMIT does not support fact_token='last' (the reference refuses it too)")
         if list(self.layers) != sorted(set(self.layers)):
             raise HyperParamsError(f"MEMIT layers must be increasing and distinct, got {list(self.layers)}")
-        if self.mom2_update_weight < 0:
-            raise HyperParamsError("mom2_update_weight must be non-negative")
 
 
 _CLASSES = {"rome": ROMEHyperParams, "r-rome": RROMEHyperParams, "memit": MEMITHyperParams}

@@ -23,11 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-__all__ = ["EditRequest", "RequestError", "as_requests"]
+from .errors import InputError
+
+__all__ = ["EditRequest", "RequestError", "as_requests", "check_requests_fit"]
+
+# A tokenizer's model_max_length above this is the "no limit" sentinel transformers uses.
+_NO_LIMIT = 10**8
 
 
-class RequestError(ValueError):
-    """A malformed edit request."""
+class RequestError(InputError):
+    """A malformed edit request: the message names the request and the field."""
 
 
 def _target_str(value: Any, what: str, rid: str) -> str | None:
@@ -67,19 +72,29 @@ class EditRequest:
 
     def __post_init__(self) -> None:
         rid = self.name
-        if not isinstance(self.subject, str) or not self.subject.strip():
+        if self.case_id is not None and (isinstance(self.case_id, bool) or not isinstance(self.case_id, (int, str))):
+            raise RequestError(f"request {rid}: case_id must be an integer or a string, got {type(self.case_id).__name__}")
+        for key in ("prompt", "subject", "target_new"):
+            if not isinstance(getattr(self, key), str):
+                raise RequestError(f"request {rid}: {key} must be a string, got {type(getattr(self, key)).__name__}")
+        if not self.subject.strip():
             raise RequestError(f"request {rid}: subject is empty")
-        if not isinstance(self.prompt, str):
-            raise RequestError(f"request {rid}: prompt must be a string")
         n = self.prompt.count("{}")
         if n != 1:
             raise RequestError(
                 f"request {rid}: prompt {self.prompt!r} must have exactly one '{{}}' for the subject, has {n}"
             )
-        if not self.target_new or not self.target_new.strip():
+        if "{" in self.prompt.replace("{}", "") or "}" in self.prompt.replace("{}", ""):
+            raise RequestError(f"request {rid}: prompt {self.prompt!r} has braces other than its '{{}}'")
+        if "{" in self.subject or "}" in self.subject:
+            raise RequestError(f"request {rid}: subject {self.subject!r} has braces (the prompts are formatted with it)")
+        if not self.target_new.strip():
             raise RequestError(f"request {rid}: target_new is empty")
-        if self.target_true is not None and not self.target_true.strip():
-            raise RequestError(f"request {rid}: target_true is empty (leave it out instead)")
+        if self.target_true is not None:
+            if not isinstance(self.target_true, str):
+                raise RequestError(f"request {rid}: target_true must be a string, got {type(self.target_true).__name__}")
+            if not self.target_true.strip():
+                raise RequestError(f"request {rid}: target_true is empty (leave it out instead)")
 
     # ------------------------------------------------------------------ identity and text
     @property
@@ -90,6 +105,12 @@ class EditRequest:
     def text(self) -> str:
         """The prompt with the subject filled in."""
         return self.prompt.format(self.subject)
+
+    @property
+    def changes_nothing(self) -> bool:
+        """The new target is the true one: there is nothing to edit (refused by :func:`as_requests`;
+        datasets that hold such records skip them)."""
+        return self.target_true is not None and self.target_true.strip() == self.target_new.strip()
 
     @property
     def target_new_spaced(self) -> str:
@@ -104,17 +125,21 @@ class EditRequest:
             raise RequestError(f"request #{index}: expected a JSON object, got {type(record).__name__}")
         extra = dict(record)
         rewrite = record.get("requested_rewrite", record)
+        if not isinstance(rewrite, Mapping):
+            raise RequestError(f"request #{index}: requested_rewrite must be an object, got {type(rewrite).__name__}")
         case_id = record.get("case_id", rewrite.get("case_id", index))
-        rid = repr(case_id)
+        rid = repr(case_id) if index is None or case_id is None else (
+            f"#{index}" if case_id == index else f"#{index} (case_id {case_id!r})"
+        )
         for key in ("prompt", "subject", "target_new"):
             if key not in rewrite:
                 raise RequestError(f"request {rid}: missing field {key!r}")
-        subject = rewrite["subject"]
-        if not isinstance(subject, str) or not subject.strip():
+        subject, prompt = rewrite["subject"], rewrite["prompt"]
+        for key, value in (("subject", subject), ("prompt", prompt)):
+            if not isinstance(value, str):
+                raise RequestError(f"request {rid}: {key} must be a string, got {type(value).__name__}")
+        if not subject.strip():
             raise RequestError(f"request {rid}: subject is empty")
-        prompt = rewrite["prompt"]
-        if not isinstance(prompt, str):
-            raise RequestError(f"request {rid}: prompt must be a string")
         if "{}" not in prompt:
             # EasyEdit layout: the subject is written out in the prompt.
             pos = prompt.find(subject)
@@ -123,10 +148,19 @@ class EditRequest:
                     f"request {rid}: subject {subject!r} not found in prompt {prompt!r}, and the prompt has no '{{}}'"
                 )
             prompt = prompt[:pos] + "{}" + prompt[pos + len(subject) :]
+        try:
+            return cls._build(record, rewrite, prompt, subject, case_id, rid, extra)
+        except RequestError as e:
+            # name the request by its place in the input as well as by its case_id
+            own, msg = f"request {repr(case_id) if case_id is not None else repr(subject)}:", str(e)
+            if not msg.startswith(own) or msg.startswith(f"request {rid}:"):
+                raise
+            raise RequestError(f"request {rid}:{msg[len(own):]}") from None
+
+    @classmethod
+    def _build(cls, record, rewrite, prompt, subject, case_id, rid, extra) -> "EditRequest":
         target_new = _target_str(rewrite["target_new"], "target_new", rid)
-        target_true = _target_str(
-            rewrite.get("target_true", record.get("ground_truth")), "target_true", rid
-        )
+        target_true = _target_str(rewrite.get("target_true", record.get("ground_truth")), "target_true", rid)
         para = record.get("paraphrase_prompts", record.get("rephrase_prompt", record.get("rephrase", ())))
         neigh = record.get("neighborhood_prompts", record.get("locality_prompt", ()))
         return cls(
@@ -156,14 +190,27 @@ class EditRequest:
         return out
 
     # ------------------------------------------------------------------ tokenizer checks
-    def check_tokens(self, tok) -> None:
-        """Errors for a target that tokenises to nothing."""
+    def check_tokens(self, tok, max_len: int | None = None, context_tokens: int = 0) -> None:
+        """Errors for a target or subject that tokenises to nothing, and for a prompt (with the
+        subject, ``context_tokens`` of context template and the target) longer than ``max_len``
+        tokens (default: the tokenizer's ``model_max_length``)."""
         ids = tok(self.target_new_spaced, add_special_tokens=False)["input_ids"]
         if len(ids) == 0:
             raise RequestError(f"request {self.name}: target_new {self.target_new!r} tokenises to nothing")
         subj = tok(" " + self.subject.strip(), add_special_tokens=False)["input_ids"]
         if len(subj) == 0:
             raise RequestError(f"request {self.name}: subject {self.subject!r} tokenises to nothing")
+        if max_len is None:
+            max_len = getattr(tok, "model_max_length", None)
+        if max_len is None or max_len >= _NO_LIMIT:
+            return
+        need = len(tok(self.text)["input_ids"]) + len(ids) + context_tokens
+        if need > max_len:
+            raise RequestError(
+                f"request {self.name}: prompt, subject and target take {need} tokens"
+                + (f" with {context_tokens} of context" if context_tokens else "")
+                + f", more than the model's context of {max_len}: shorten the subject or prompt"
+            )
 
 
 def _str_tuple(value: Any) -> tuple[str, ...]:
@@ -175,12 +222,27 @@ def _str_tuple(value: Any) -> tuple[str, ...]:
 
 
 def as_requests(items: Iterable[EditRequest | Mapping[str, Any]] | EditRequest | Mapping[str, Any]) -> list[EditRequest]:
-    """Normalise one request or an iterable of requests in any layout to :class:`EditRequest`."""
+    """Normalise one request or an iterable of requests in any layout to :class:`EditRequest`; every
+    request is checked before any is used, and an error names the request's index and field."""
     if isinstance(items, (EditRequest, Mapping)):
         items = [items]
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise RequestError(f"requests must be a request or a list of requests, got {type(items).__name__}")
     out = []
     for i, item in enumerate(items):
-        out.append(item if isinstance(item, EditRequest) else EditRequest.from_dict(item, index=i))
+        req = item if isinstance(item, EditRequest) else EditRequest.from_dict(item, index=i)
+        if req.changes_nothing:
+            raise RequestError(f"request #{i} ({req.name}): target_new {req.target_new!r} is the true target: nothing to edit")
+        out.append(req)
     if not out:
         raise RequestError("no edit requests given")
     return out
+
+
+def check_requests_fit(requests: Iterable[EditRequest], tok, max_len: int, templates: Iterable[str]) -> None:
+    """Every request's tokens with the longest context template (its text without ``{}``) fit in
+    ``max_len`` positions; :class:`RequestError` naming the request otherwise (instead of an
+    index error deep inside the model)."""
+    context = max((len(tok(t.replace("{}", ""), add_special_tokens=False)["input_ids"]) for t in templates), default=0)
+    for r in requests:
+        r.check_tokens(tok, max_len, context)

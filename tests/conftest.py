@@ -55,3 +55,4 @@ def own_guess_request():
                                       "target_new": tok.decode([guess]).strip()})
 
     return make
+

@@ -9,6 +9,7 @@ import torch
 
 from fastedit.cli import main
 from fastedit.models import random_model
+from textdata import write_stats_corpus
 
 
 def test_help_lists_commands():
@@ -35,9 +36,8 @@ def saved_model(tmp_path, gpt2_tok):
 
 
 def test_stats_then_edit(tmp_path, saved_model, capsys):
-    text = tmp_path / "corpus.txt"
-    text.write_text("The cat sat on the mat and the dog sat on the log. " * 30)
-    hp = {"layers": [1, 2], "v_num_grad_steps": 3, "v_loss_layer": 3, "mom2_update_weight": 10.0, "mom2_n_samples": 1}
+    text = write_stats_corpus(tmp_path / "corpus.jsonl")
+    hp = {"layers": [1, 2], "v_num_grad_steps": 3, "v_loss_layer": 3, "mom2_update_weight": 10.0, "mom2_n_samples": 6}
     (tmp_path / "hp.json").write_text(json.dumps(hp))
     stats = tmp_path / "stats"
     assert main(["stats", "--model", str(saved_model), "--hparams", str(tmp_path / "hp.json"),

@@ -9,6 +9,7 @@ import torch
 from fastedit import compat
 from fastedit.engine import EditSession
 from fastedit.models import random_model
+from textdata import write_stats_corpus
 
 REQS = [
     {"case_id": 0, "prompt": "{} plays the sport of", "subject": "LeBron James",
@@ -48,14 +49,13 @@ def ref_hparams():
     return ReferenceMEMITHyperParams(
         [1, 2], "all", "subject_last", 4, 0.5, 3, 0.5, 0.75, 0.0625, True, 10.0,
         "transformer.h.{}.mlp.c_proj", "transformer.h.{}", "transformer.h.{}.mlp", "transformer.h.{}.attn",
-        "transformer.ln_f", "transformer.wte", "wikipedia", 1, "float32",
+        "transformer.ln_f", "transformer.wte", "wikipedia", 6, "float32",
     )
 
 
 @pytest.fixture(autouse=True)
 def stats_env(tmp_path, monkeypatch):
-    src = tmp_path / "t.txt"
-    src.write_text("The cat sat on the mat and the dog sat on the log. " * 20)
+    src = write_stats_corpus(tmp_path / "t.jsonl")
     monkeypatch.setenv("FASTEDIT_STATS_DIR", str(tmp_path / "stats"))
     monkeypatch.setenv("FASTEDIT_STATS_SOURCE", str(src))
 
@@ -103,7 +103,7 @@ def test_execute_memit_shapes_and_cache_template(gpt2_tok, tmp_path):
 def test_rome_functions(gpt2_tok):
     model = random_model("gpt2")
     compat.set_context_templates(model, "rome", TEMPLATES)
-    hp = compat.ROMEHyperParams.from_dict({"layers": [1], "v_num_grad_steps": 4, "v_loss_layer": 3, "mom2_n_samples": 1})
+    hp = compat.ROMEHyperParams.from_dict({"layers": [1], "v_num_grad_steps": 4, "v_loss_layer": 3, "mom2_n_samples": 6})
     deltas = compat.execute_rome(model, gpt2_tok, REQS[0], hp)
     (u, v), = deltas.values()
     assert u.shape == (176,) and v.shape == (64,) and abs(float(u.norm()) - 1) < 1e-5

@@ -10,6 +10,7 @@ from fastedit.hparams import HyperParamsError
 from fastedit.methods import memit as memit_mod
 from fastedit.methods.target import compute_target_values
 from fastedit.models import get_adapter, random_model
+from textdata import write_stats_corpus
 from fastedit.requests import RequestError
 from fastedit.stats.store import SecondMomentStore
 
@@ -19,14 +20,12 @@ REQS = [
     {"case_id": 7, "prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target_new": "Rome"},
 ]
 GROUPS = [["{}"], ["The weather was cold. {}"]]
-HP = {"layers": [1, 2], "v_num_grad_steps": 4, "v_loss_layer": 3, "mom2_update_weight": 10.0, "mom2_n_samples": 1}
+HP = {"layers": [1, 2], "v_num_grad_steps": 4, "v_loss_layer": 3, "mom2_update_weight": 10.0, "mom2_n_samples": 6}
 
 
 @pytest.fixture()
 def corpus(tmp_path):
-    src = tmp_path / "t.txt"
-    src.write_text("The cat sat on the mat and the dog sat on the log. " * 20)
-    return src
+    return write_stats_corpus(tmp_path / "t.jsonl")
 
 
 def make(gpt2_tok, tmp_path, corpus, dtype=torch.float32, model=None, **kw):

@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..engine import EditSession
+from ..errors import InputError
 from ..models.loading import cache_dir, load_model
 from ..profiling import chrome_trace
 from ..requests import EditRequest
@@ -86,10 +87,25 @@ def load_requests(cfg: RunConfig) -> list[EditRequest]:
     n = cfg.edits * cfg.batch_size
     path = cfg.data or None
     if cfg.dataset == "counterfact":
-        return load_counterfact(path, n=n, start=cfg.start)
-    if cfg.dataset == "zsre":
-        return load_zsre(path, n=n, start=cfg.start, target=cfg.zsre_target)
-    raise ValueError(f"unknown dataset {cfg.dataset!r}: counterfact or zsre")
+        load = lambda count: load_counterfact(path, n=count, start=cfg.start)  # noqa: E731
+    elif cfg.dataset == "zsre":
+        load = lambda count: load_zsre(path, n=count, start=cfg.start, target=cfg.zsre_target)  # noqa: E731
+    else:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}: counterfact or zsre")
+    # a record whose new target is its true one edits nothing: skipped (with a note), and as many
+    # more records read in its place
+    count = n
+    while True:
+        records = load(count)
+        kept = [r for r in records if not r.changes_nothing]
+        if len(kept) >= n or len(records) < count:
+            break
+        count += n - len(kept)
+    if len(kept) < len(records):
+        skipped = [r.case_id for r in records if r.changes_nothing]
+        log.warning("%s: skipping %d record(s) whose new target is the true one (case ids %s)",
+                    cfg.dataset, len(skipped), skipped[:10])
+    return kept[:n]
 
 
 class _Scorer:
@@ -119,13 +135,36 @@ class _Scorer:
         return metrics.summarize_scores(rows) if rows else {}
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write beside ``path`` and rename: a kill leaves the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """The records of a log written by appends. A last line that does not parse is what a kill or a
+    full disk during an append leaves: it is dropped (its edit is redone). A bad line before the last
+    one is damage this run did not cause: :class:`~fastedit.errors.InputError` naming it."""
+    lines = [(i, l) for i, l in enumerate(path.read_text().splitlines(), 1) if l.strip()]
+    out = []
+    for j, (i, line) in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if j + 1 < len(lines):
+                raise InputError(f"{path}:{i}: not a JSON line ({e}); the run directory is damaged") from None
+            log.warning("%s:%d: dropping a half-written last line (an interrupted append)", path, i)
+    return out
+
+
 def _truncate_jsonl(path: Path, keep) -> list[dict]:
-    """Keep the lines for which ``keep(record)`` is true; return them."""
+    """Keep the lines for which ``keep(record)`` is true (a torn last line is dropped); return them.
+    The file is replaced by a rename, so a kill during the rewrite leaves the old or the new one."""
     if not path.exists():
         return []
-    kept = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-    kept = [r for r in kept if keep(r)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    kept = [r for r in _read_jsonl(path) if keep(r)]
+    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
 
@@ -186,8 +225,9 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
         session = EditSession(model, tok, cfg.method, cfg.hparams or cfg.model, mode=cfg.mode, seed=cfg.seed, **session_opts)
         done = 0
     runtime = {"device_map": device_map, "report_to": report_to or "none", "profile": str(profile) if profile else None}
-    cfg_path.write_text(json.dumps({"run": cfg.to_dict(), "hparams": session.hp.to_dict(), "stats_source": str(stats_source),
-                                    "stats_dir": str(stats_dir), "runtime": runtime}, indent=2) + "\n")
+    _write_atomic(cfg_path, json.dumps({"run": cfg.to_dict(), "hparams": session.hp.to_dict(), "stats_source": str(stats_source),
+                                        "stats_dir": str(stats_dir), "runtime": runtime}, indent=2) + "
+")
     edit_log = _truncate_jsonl(out / "edits.jsonl", lambda r: r["edit"] <= done)
     ckpt_log = _truncate_jsonl(out / "checkpoints.jsonl", lambda r: r["edits"] <= done)
 
@@ -228,7 +268,7 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
             reporter.close()
     bar.close()
     summary = _summary(cfg, ckpt_log, edit_log, seconds)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     plots.plot_run(out)
     return summary
 

@@ -26,19 +26,58 @@ from typing import Callable
 import torch
 
 from .. import ops
+from ..errors import NumericalError
 from ..models.adapters import ModelAdapter
 from ..models.tracing import record
 from ..profiling import region
-from ..requests import EditRequest
+from ..requests import EditRequest, check_requests_fit
 from .base import LowRankUpdate, MethodOutput, apply_update, resolve_dtype
 from .keys import lookup_index, tokenize_batch
 from .target import compute_target_values
 
 log = logging.getLogger(__name__)
 
-__all__ = ["memit_updates", "MemitKeyReader", "lu_solver", "WoodburySolver"]
+__all__ = ["memit_updates", "MemitKeyReader", "lu_solver", "WoodburySolver", "check_solve"]
 
 Solver = Callable[[int, torch.Tensor], torch.Tensor]
+
+# A solve is refused when its pivots say the matrix is singular to the precision of its data (the
+# pivot-ratio estimate of the condition number × the epsilon of the statistics' dtype, float32 as
+# stored, above CONDITION_TOL: directions of C below its rounding carry no information; healthy
+# statistics sit near 1e3, statistics from fewer vectors than the width near 1e8), or when the
+# normwise backward error ‖AX − K‖ / (‖A‖‖X‖ + ‖K‖) of its result is above RESIDUAL_TOL.
+CONDITION_TOL = 1.0
+RESIDUAL_TOL = 1e-3
+
+
+def _check_conditioning(pivots: torch.Tensor, power: int, layer: int, what: str, data_dtype: torch.dtype) -> None:
+    """``pivots``: the diagonal of a Cholesky (power 2) or LU (power 1) factor of A, whose entries
+    were known to ``data_dtype`` precision."""
+    p = pivots.abs().double()
+    cond = float((p.max() / p.min()) ** power) if float(p.min()) > 0 else float("inf")
+    eps = max(torch.finfo(pivots.dtype).eps, torch.finfo(data_dtype).eps)
+    if not cond * eps <= CONDITION_TOL:
+        raise NumericalError(
+            f"layer {layer}: {what} is singular to the precision of its statistics (condition number at least "
+            f"{cond:.3g}); the statistics are degenerate: recompute them from more text"
+        )
+
+
+def check_solve(second_moment, weight: float, layer: int, k: torch.Tensor, x: torch.Tensor) -> None:
+    """Raise :class:`NumericalError` unless X (d_ff, n) solves (λC + KKᵀ) X = K (K (d_ff, n)) to a
+    normwise backward error of at most ``RESIDUAL_TOL`` (computed in C's dtype, float32: the check
+    needs no float64 copy of C)."""
+    if not bool(torch.isfinite(x).all()):
+        raise NumericalError(f"layer {layer}: the solve gave non-finite values")
+    c = second_moment(layer)
+    xc, kc = x.to(c), k.to(c)
+    resid = weight * (c @ xc) + kc @ (kc.T @ xc) - kc
+    a_norm = weight * float(c.norm()) + float(kc.norm()) ** 2
+    err = float(resid.norm()) / (a_norm * float(xc.norm()) + float(kc.norm()))
+    if not err <= RESIDUAL_TOL:
+        raise NumericalError(
+            f"layer {layer}: the solve of (λC + KKᵀ) X = K is inaccurate (backward error {err:.2e} > {RESIDUAL_TOL:g})"
+        )
 
 
 class MemitKeyReader:
@@ -100,8 +139,10 @@ def lu_solver(second_moment, weight: float, dtype: torch.dtype) -> Solver:
     """The reference's solve: ``torch.linalg.solve(λC + KKᵀ, K)`` (LU) in ``dtype``."""
 
     def solve(layer: int, k: torch.Tensor) -> torch.Tensor:
-        c = second_moment(layer).to(dtype)
-        return torch.linalg.solve(weight * c + k @ k.T, k)
+        stored = second_moment(layer)
+        lu, piv = torch.linalg.lu_factor(weight * stored.to(dtype) + k @ k.T)
+        _check_conditioning(lu.diagonal(), 1, layer, "λC + KKᵀ", stored.dtype)
+        return torch.linalg.lu_solve(lu, piv, k)
 
     return solve
 
@@ -112,28 +153,31 @@ class WoodburySolver:
         (A + KKᵀ)⁻¹K = A⁻¹K (I + KᵀA⁻¹K)⁻¹,  A = λC,
 
     O(d_ff² n) per call after one O(d_ff³) factorisation per layer, instead of O(d_ff³) per call.
-    A C that is not positive definite falls back to the LU solve (with a warning).
+    A λC that is not positive definite, or singular to working precision, fails the edit
+    (:class:`~fastedit.errors.NumericalError`): its solves would be meaningless.
     """
 
     def __init__(self, second_moment, weight: float, dtype: torch.dtype) -> None:
         self.second_moment, self.weight, self.dtype = second_moment, weight, dtype
         self.factors: dict[int, torch.Tensor | None] = {}
 
-    def factor(self, layer: int) -> torch.Tensor | None:
+    def factor(self, layer: int) -> torch.Tensor:
         if layer not in self.factors:
-            a = self.weight * self.second_moment(layer).to(self.dtype)
+            stored = self.second_moment(layer)
+            a = self.weight * stored.to(self.dtype)
             try:
-                self.factors[layer] = ops.cholesky(a)
+                chol = ops.cholesky(a)
             except ops.NotPositiveDefiniteError as e:
-                log.warning("layer %d: λC is not positive definite (%s); using the LU solve", layer, e)
-                self.factors[layer] = None
+                raise NumericalError(
+                    f"layer {layer}: λC is not positive definite ({e}); the statistics are degenerate: "
+                    "recompute them from more text"
+                ) from None
+            _check_conditioning(chol.diagonal(), 2, layer, "λC", stored.dtype)
+            self.factors[layer] = chol
         return self.factors[layer]
 
     def __call__(self, layer: int, k: torch.Tensor) -> torch.Tensor:
         chol = self.factor(layer)
-        if chol is None:
-            c = self.second_moment(layer).to(self.dtype)
-            return torch.linalg.solve(self.weight * c + k @ k.T, k)
         x = ops.cholesky_solve(chol, k)  # A⁻¹K, (d_ff, n)
         core = torch.eye(k.shape[1], dtype=k.dtype, device=k.device) + k.T @ x  # (n, n), SPD
         return ops.spd_solve(core, x.T).T  # X core⁻¹ (core is symmetric)
@@ -161,6 +205,7 @@ def memit_updates(
     an update into the weights.
     """
     flat = [t for g in groups for t in g]
+    check_requests_fit(requests, tok, adapter.max_positions(model), flat)
     precomputed_z = precomputed_z or {}
     todo = [i for i in range(len(requests)) if i not in precomputed_z]
     dtype = resolve_dtype(hp, torch.float64)
@@ -186,6 +231,7 @@ def memit_updates(
             resid_all = zs.to(z_cur.device) - z_cur.to(dtype)
             z_errors.append(float(resid_all.norm(dim=0).mean()))
             adj_k = solver(layer, k)  # (d_ff, n)
+            check_solve(second_moment, hp.mom2_update_weight, layer, k, adj_k)
             # with a device_map, layer l and block L may sit on different devices
             resid = (resid_all / (len(hp.layers) - i)).to(adj_k.device)  # (d_model, n)
         name = f"{(hp.rewrite_module_tmp or adapter.rewrite_module_tmp).format(layer)}.weight"

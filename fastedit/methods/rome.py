@@ -26,12 +26,13 @@ import torch
 
 from ..models.adapters import ModelAdapter
 from ..profiling import region
-from ..requests import EditRequest
+from ..errors import NumericalError
+from ..requests import EditRequest, check_requests_fit
 from .base import LowRankUpdate, MethodOutput, apply_update, resolve_dtype
 from .keys import lookup_index, read_at_positions
 from .target import compute_target_values
 
-__all__ = ["rome_updates"]
+__all__ = ["rome_updates", "checked_inverse"]
 
 
 def rome_updates(
@@ -49,6 +50,7 @@ def rome_updates(
     next layer is computed. ``inverse_second_moment(layer)`` returns C⁻¹ (d_ff, d_ff).
     ``target_options`` go to :func:`compute_target_values`; ``apply(model, adapter, update)`` writes
     an update into the weights."""
+    check_requests_fit([request], tok, adapter.max_positions(model), templates)
     updates, info = [], {"target": [], "denominator": []}
     for layer in sorted(hp.layers):
         rewrite = (hp.rewrite_module_tmp or adapter.rewrite_module_tmp).format(layer)
@@ -89,6 +91,7 @@ def rome_updates(
                 key, current = k_bare.to(work), out_bare.to(work)
                 goal = target.v_init[0].to(work) + delta
             denom = torch.dot(key, u.to(work))
+            _check_denominator(denom, key, u, layer)
             right = (goal - current) / denom
 
         upd = LowRankUpdate(f"{rewrite}.weight", layer, u.to(work)[:, None], right[:, None])
@@ -98,3 +101,34 @@ def rome_updates(
         info["target"].append(target)
         info["denominator"].append(float(denom))
     return MethodOutput(updates, info)
+
+
+def _check_denominator(denom: torch.Tensor, key: torch.Tensor, u: torch.Tensor, layer: int) -> None:
+    """kᵀu must be finite and not lost to rounding against ‖k‖ (u is a unit vector): otherwise the
+    right vector is noise divided by noise, from a C⁻¹ that is singular in practice."""
+    eps = torch.finfo(denom.dtype).eps
+    if not (bool(torch.isfinite(u).all()) and abs(float(denom)) > eps * float(key.norm()) * key.numel() ** 0.5):
+        raise NumericalError(
+            f"layer {layer}: the ROME solve is degenerate (kᵀC⁻¹k ≈ {float(denom):.3g}); the statistics are "
+            "singular in practice: recompute them from more text"
+        )
+
+
+def checked_inverse(c: torch.Tensor, dtype: torch.dtype, layer: int) -> torch.Tensor:
+    """C⁻¹ (d_ff, d_ff) as the reference computes it (``torch.inverse`` in ``dtype``), refused with
+    :class:`NumericalError` when it is not finite, when C is singular to the precision of its
+    statistics (‖C‖_F‖C⁻¹‖_F / d, a lower bound of the condition number, × C's epsilon above 1), or
+    when ‖C C⁻¹ − I‖_F / √d is above 1e-2."""
+    inv = torch.inverse(c.to(dtype))
+    if not bool(torch.isfinite(inv).all()):
+        raise NumericalError(f"layer {layer}: the second moment is singular; cannot invert it")
+    d = c.shape[0]
+    cond = float(c.double().norm()) * float(inv.double().norm()) / d
+    eps = max(torch.finfo(c.dtype).eps, torch.finfo(dtype).eps)
+    err = float((c.to(dtype) @ inv - torch.eye(d, dtype=dtype, device=inv.device)).norm()) / d**0.5
+    if cond * eps > 1.0 or not err <= 1e-2:
+        raise NumericalError(
+            f"layer {layer}: the second moment is singular to the precision of its statistics (condition number at "
+            f"least {cond:.3g}, inverse residual {err:.2e}): recompute them from more text"
+        )
+    return inv

@@ -17,12 +17,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..errors import InputError, confined, safe_component
 
 __all__ = [
     "SecondMoment",
@@ -37,7 +40,7 @@ __all__ = [
 CONSTRUCTOR = "util.runningstats.SecondMoment()"
 
 
-class StatsMismatchError(ValueError):
+class StatsMismatchError(InputError):
     """Statistics that do not belong to this model or layer."""
 
 
@@ -58,18 +61,21 @@ class SecondMoment:
 
 def reference_model_names(name_or_path: str) -> tuple[str, str]:
     """(kmeng01's folder name, AlphaEdit's folder name) for a model's ``name_or_path``."""
-    return name_or_path.replace("/", "_"), name_or_path.rsplit("/")[-1]
+    return name_or_path.replace("/", "_"), name_or_path.rstrip("/").rsplit("/")[-1]
 
 
 def stats_paths(
     stats_dir: str | os.PathLike, name_or_path: str, dataset: str, layer_name: str, dtype: str, n: int | None
 ) -> list[Path]:
-    """Candidate cache files, kmeng01's naming first, then AlphaEdit's (deduplicated)."""
+    """Candidate cache files, kmeng01's naming first, then AlphaEdit's (deduplicated). Every name
+    that comes from hyperparameters or a model becomes one path component under ``stats_dir``
+    (:class:`~fastedit.errors.PathEscapeError` otherwise)."""
     suffix = "" if n is None else f"_{n}"
-    rel = f"{dataset}_stats/{layer_name}_{dtype}_mom2{suffix}.npz"
+    rel = safe_component(f"{safe_component(dataset, 'mom2_dataset')}_stats", "mom2_dataset")
+    file = safe_component(f"{layer_name}_{dtype}_mom2{suffix}.npz", "layer module name")
     out = []
     for folder in reference_model_names(name_or_path):
-        p = Path(stats_dir) / folder / rel
+        p = confined(stats_dir, Path(safe_component(folder, "model name"), rel, file), "statistics cache")
         if p not in out:
             out.append(p)
     return out
@@ -122,13 +128,19 @@ def save_second_moment(path: Path, stat: SecondMoment, meta: dict[str, Any] | No
 def load_second_moment(path: Path) -> SecondMoment:
     """Read a reference-layout npz (no pickle) and its sidecar if there is one."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in ("mom2.mom2", "mom2.count") if k not in data]
-        if missing:
-            raise StatsMismatchError(f"{path}: not a second-moment cache (missing {', '.join(missing)})")
-        mom2 = torch.from_numpy(np.array(data["mom2.mom2"]))
-        count = int(data["mom2.count"])
-        sample_size = int(data["sample_size"]) if "sample_size" in data and data["sample_size"].shape == () else None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("mom2.mom2", "mom2.count") if k not in data]
+            if missing:
+                raise StatsMismatchError(f"{path}: not a second-moment cache (missing {', '.join(missing)})")
+            mom2 = torch.from_numpy(np.array(data["mom2.mom2"]))
+            count = int(data["mom2.count"])
+            sample_size = int(data["sample_size"]) if "sample_size" in data and data["sample_size"].shape == () else None
+    except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, StatsMismatchError):
+            raise
+        # pickled objects are refused (allow_pickle=False) like any other unreadable content
+        raise StatsMismatchError(f"{path}: not a readable statistics file ({e}); delete it to recompute") from None
     meta = None
     mp = meta_path(path)
     if mp.exists():

@@ -27,18 +27,12 @@ from pathlib import Path
 
 __all__ = ["add_arguments", "run", "load_for_stats", "main"]
 
+from ..argtypes import int_at_least, layer_list, positive_float, tokens_or_auto
+from ..errors import UsageError
+
 log = logging.getLogger(__name__)
 
 _PRESETS = ("smollm2-135m", "gpt2-xl", "gpt-j-6b", "llama-3-8b")
-
-
-def _tokens(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(float(text))  # accepts 1e6
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of tokens or 'auto', got {text!r}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,38 +47,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; cuda:LOCAL_RANK under torchrun)")
     g.add_argument("--device-map", default=None,
                    help="spread a model too large for one GPU over several (e.g. auto); not with torchrun")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads for torch")
 
     g = p.add_argument_group("what to compute")
     g.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
     g.add_argument("--hparams", default=None,
                    help="preset or hparams JSON giving layers, dataset, sample count and dtype (default: the model's preset)")
-    g.add_argument("--layers", default=None, help="comma-separated layers (overrides the hparams)")
-    g.add_argument("--n-samples", type=int, default=None, help="documents of the sample (overrides mom2_n_samples)")
+    g.add_argument("--layers", type=layer_list, default=None, help="comma-separated layers (overrides the hparams)")
+    g.add_argument("--n-samples", type=int_at_least(1), default=None, help="documents of the sample (overrides mom2_n_samples)")
     g.add_argument("--dtype", default=None, choices=["float32", "float64"], help="accumulation dtype (overrides mom2_dtype)")
     g.add_argument("--stats-dir", default=None, help="statistics cache folder (default: $FASTEDIT_STATS_DIR or data/stats)")
     g.add_argument("--stats-source", default=None,
                    help="text to compute from: a .jsonl/.txt file or folder, or a dataset name (default: "
                    "$FASTEDIT_STATS_SOURCE)")
-    g.add_argument("--stats-max-len", type=int, default=None,
+    g.add_argument("--stats-max-len", type=int_at_least(1), default=None,
                    help="truncate documents to this many tokens, also the row length (default: the model's context, "
                    "as the references do)")
 
     g = p.add_argument_group("the pass")
-    g.add_argument("--rows", type=int, default=None, help="rows per forward pass (default: --batch-tokens / row length)")
-    g.add_argument("--batch-tokens", type=int, default=None, help="tokens per forward pass (default 8192)")
-    g.add_argument("--window-docs", type=int, default=None, help="documents packed together (default: sample/64, 8 to 1024)")
-    g.add_argument("--checkpoint-every", type=_tokens, default="auto", metavar="TOKENS",
+    g.add_argument("--rows", type=int_at_least(1), default=None, help="rows per forward pass (default: --batch-tokens / row length)")
+    g.add_argument("--batch-tokens", type=int_at_least(1), default=None, help="tokens per forward pass (default 8192)")
+    g.add_argument("--window-docs", type=int_at_least(1), default=None, help="documents packed together (default: sample/64, 8 to 1024)")
+    g.add_argument("--checkpoint-every", type=tokens_or_auto, default="auto", metavar="TOKENS",
                    help="write the partial sums every TOKENS tokens (default auto: 2,000 tokens per MB of sums, at "
                    "least 1M; 0: never)")
     g.add_argument("--no-resume", action="store_true", help="ignore (and replace) a checkpoint of an earlier run")
-    g.add_argument("--check-every", type=_tokens, default="auto", metavar="TOKENS",
+    g.add_argument("--check-every", type=tokens_or_auto, default="auto", metavar="TOKENS",
                    help="record the relative change of C every TOKENS tokens (default auto: 16 × d_ff; 0: off)")
-    g.add_argument("--converge", type=float, default=None, metavar="TOL",
+    g.add_argument("--converge", type=positive_float, default=None, metavar="TOL",
                    help="stop once every layer's relative change of C between checks is below TOL")
-    g.add_argument("--max-vectors-factor", type=float, default=None, metavar="F",
+    g.add_argument("--max-vectors-factor", type=positive_float, default=None, metavar="F",
                    help="stop after F × d_ff key vectors (tokens)")
-    g.add_argument("--max-tokens", type=int, default=None, help="stop after this many key vectors (tokens)")
+    g.add_argument("--max-tokens", type=int_at_least(1), default=None, help="stop after this many key vectors (tokens)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--summary", default=None, metavar="PATH", help="also write the summary as JSON to PATH")
 
@@ -113,7 +107,7 @@ def load_for_stats(model: str, dtype, device=None, device_map=None):
 
     if model.startswith("random:"):
         if device_map is not None:
-            raise SystemExit("--device-map needs a stored model, not random:")
+            raise UsageError("--device-map needs a stored model, not random:")
         arch, overrides = _parse_random(model)
         return random_model(arch, dtype=dtype, device=device or "cpu", **overrides), gpt2_tokenizer()
     return load_model(model, dtype=dtype, device=device, device_map=device_map)
@@ -122,14 +116,14 @@ def load_for_stats(model: str, dtype, device=None, device_map=None):
 def _hparams(args, model):
     from ..hparams import hparams_class, load_hparams
 
-    layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
+    layers = args.layers
     spec = args.hparams
     if spec is None:
         name = Path(str(args.model).split(":")[1] if args.model.startswith("random:") else args.model).name.lower()
         spec = next((p for p in _PRESETS if p in name), None)
     if spec is None:
         if layers is None:
-            raise SystemExit(f"no preset matches model {args.model!r}: pass --hparams or --layers")
+            raise UsageError(f"no preset matches model {args.model!r}: pass --hparams or --layers")
         hp = hparams_class(args.method).from_dict({"layers": layers})
     else:
         hp = load_hparams(args.method, spec)
@@ -169,7 +163,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     world = env_world_size()
     if world > 1 and args.device_map:
-        raise SystemExit("--device-map spreads one model over several GPUs; with torchrun each rank holds its own model")
+        raise UsageError("--device-map spreads one model over several GPUs; with torchrun each rank holds its own model")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = args.device
     if device is None:
@@ -252,10 +246,13 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     add_arguments(p)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return run(args)
+    from ..cli import run_reporting_errors
+
+    return run_reporting_errors("fastedit stats", run, args)
 
 
 if __name__ == "__main__":

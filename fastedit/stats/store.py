@@ -19,6 +19,7 @@ from typing import Iterable
 
 import torch
 
+from ..errors import InputError
 from ..models.adapters import ModelAdapter
 from .cache import (
     SecondMoment,
@@ -29,6 +30,7 @@ from .cache import (
     stats_paths,
 )
 from .collect import CollectionReport, auto_checkpoint_every, collect
+from .health import check_second_moment
 from .distributed import DistContext, current
 from .sources import open_source
 
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = ["SecondMomentStore", "default_stats_dir", "StatsMissingError"]
 
 
-class StatsMissingError(FileNotFoundError):
+class StatsMissingError(InputError, FileNotFoundError):
     """No cache and no way to compute one."""
 
 
@@ -175,6 +177,7 @@ class SecondMomentStore:
                 log.warning("%s: sample_size %s != mom2_n_samples %s, recomputing", path, stat.sample_size, self.hp.mom2_n_samples)
                 continue
             self._check(layer, stat)
+            check_second_moment(stat, self._expected_width(layer), self.hp.mom2_min_count)
             log.info("statistics for %s from %s", self.layer_name(layer), path)
             self.loaded_from[layer] = path
             return stat
@@ -215,6 +218,9 @@ class SecondMomentStore:
             config={"model": self.model_name}, desc=f"statistics, {len(names)} layer(s)", **self.options,
         )
         rep = self.report = out.report
+        for layer, name in zip(layers, names):
+            # refused before anything is written: a bad cache would be reused by every later edit
+            check_second_moment(out.stats[name], self._expected_width(layer), hp.mom2_min_count)
         for layer, name in zip(layers, names):
             stat = out.stats[name]
             path = self.paths(layer)[0]

@@ -11,6 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from fastedit.models import random_model
+from textdata import write_stats_corpus
 
 TIMING = {"seconds", "eval_seconds", "edit_seconds", "edits_per_s", "time_s"}
 
@@ -30,9 +31,9 @@ def setup(tmp_path_factory, gpt2_tok):
     model.save_pretrained(root / "tiny-gpt2")
     gpt2_tok.save_pretrained(root / "tiny-gpt2")
     (root / "hp.json").write_text(json.dumps({
-        "layers": [1, 2], "v_num_grad_steps": 3, "v_loss_layer": 3, "mom2_update_weight": 10.0, "mom2_n_samples": 4,
+        "layers": [1, 2], "v_num_grad_steps": 3, "v_loss_layer": 3, "mom2_update_weight": 10.0, "mom2_n_samples": 6,
     }))
-    (root / "corpus.txt").write_text("The cat sat on the mat and the dog sat on the log. " * 30)
+    write_stats_corpus(root / "corpus.jsonl")
     return root
 
 
@@ -41,7 +42,7 @@ def command(setup, shared_data, out, edits=6):
         sys.executable, "-m", "fastedit.cli", "run", "--model", str(setup / "tiny-gpt2"), "--method", "memit",
         "--data", str(shared_data / "counterfact" / "counterfact-edit.json"), "--edits", str(edits),
         "--batch-size", "1", "--eval-every", "2", "--hparams", str(setup / "hp.json"), "--downstream-n", "4",
-        "--stats-source", str(setup / "corpus.txt"), "--stats-dir", str(setup / "stats"), "--device", "cpu",
+        "--stats-source", str(setup / "corpus.jsonl"), "--stats-dir", str(setup / "stats"), "--device", "cpu",
         "--out", str(out),
     ]
 
@@ -70,9 +71,11 @@ def test_run_outputs(setup, shared_data, tmp_path):
     assert replot.returncode == 0 and "norms.png" in replot.stdout
 
 
-def test_killed_run_resumes_to_the_same_results(setup, shared_data, tmp_path):
+@pytest.mark.parametrize("torn", [False, True], ids=["kill", "kill-mid-append"])
+def test_killed_run_resumes_to_the_same_results(setup, shared_data, tmp_path, torn):
     """Kill a real run after its first saved checkpoint, resume it, and compare with a run that was
-    never interrupted: same log lines (timings aside), same final weights bit for bit."""
+    never interrupted: same log lines (timings aside), same final weights bit for bit. ``torn``: the
+    kill also left half-written last lines in both logs (a kill or a full disk during an append)."""
     whole = tmp_path / "whole"
     assert subprocess.run(command(setup, shared_data, whole), capture_output=True, timeout=600).returncode == 0
 
@@ -88,6 +91,10 @@ def test_killed_run_resumes_to_the_same_results(setup, shared_data, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (broken / "summary.json").exists(), "the run finished before it could be killed"
+    if torn:
+        for name in ("edits.jsonl", "checkpoints.jsonl"):
+            with open(broken / name, "a") as f:
+                f.write('{"edit": 99, "edits": 99, "case_ids": [1')
     resumed = subprocess.run(command(setup, shared_data, broken), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for name in ("edits.jsonl", "checkpoints.jsonl"):

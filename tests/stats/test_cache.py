@@ -78,7 +78,8 @@ def test_one_pass_equals_one_pass_per_layer(gpt2_tok):
 
 
 def _store(model, tok, tmp_path, **kw):
-    hp = MEMITHyperParams.from_dict({"layers": [1, 2], "mom2_n_samples": 4})
+    # a few short documents: fewer key vectors than the width, accepted here to test the caching
+    hp = MEMITHyperParams.from_dict({"layers": [1, 2], "mom2_n_samples": 4, "mom2_min_count": 0})
     return SecondMomentStore(model, tok, get_adapter(model), hp, stats_dir=tmp_path, progress=False, **kw)
 
 

@@ -4,6 +4,8 @@ import argparse
 
 import pytest
 
+from fastedit.errors import UsageError
+
 from fastedit.stats.command import _parse_random, add_arguments, run
 
 from .runs import command_argv, parse_command
@@ -42,5 +44,5 @@ def test_prints_summary_and_curve_then_reads_the_cache(short_corpus, tmp_path, c
 def test_needs_layers_without_a_preset(short_corpus, tmp_path):
     argv = command_argv(short_corpus, tmp_path)
     i = argv.index("--layers")
-    with pytest.raises(SystemExit, match="--hparams or --layers"):
+    with pytest.raises(UsageError, match="--hparams or --layers"):
         run(parse_command(argv[:i] + argv[i + 2 :]))
