@@ -1,6 +1,7 @@
 """Drop-in replacements for the reference entry points.
 
-Code written against kmeng01/rome and kmeng01/memit switches by changing its imports::
+Code written against kmeng01/rome and kmeng01/memit (or EasyEdit's copies of them) switches by
+changing its imports::
 
     # from rome import ROMEHyperParams, apply_rome_to_model
     # from memit import MEMITHyperParams, apply_memit_to_model
@@ -13,8 +14,10 @@ working directory. Missing statistics are computed from ``$FASTEDIT_STATS_SOURCE
 file, or a dataset name such as ``wikipedia`` (the reference's ``mom2_dataset``), streamed through the
 ``datasets`` package.
 
-Hyperparameter objects of the reference classes are accepted too (their fields are read). As in the
-references, context templates are sampled once per process and model at the first edit and reused;
+Hyperparameter objects of the reference classes are accepted too (their fields are read), and so are
+EasyEdit's classes and YAML files and the extra keyword arguments its editor passes
+(``keep_original_weight``, ``train_ds``, ...), which EasyEdit's own ROME and MEMIT accept and do not
+use either. As in the references, context templates are sampled once per process and model at the first edit and reused;
 :func:`set_context_templates` fixes them instead.
 """
 
@@ -68,7 +71,7 @@ def _as_hparams(hparams, cls: type[HyperParams]) -> HyperParams:
     if dataclasses.is_dataclass(hparams):  # the reference's own hparams class
         return cls.from_dict(dataclasses.asdict(hparams))
     if isinstance(hparams, (str, Path)):
-        return cls.from_json(hparams)
+        return cls.from_file(hparams)
     raise TypeError(f"cannot read hyperparameters from {type(hparams).__name__}")
 
 
@@ -97,10 +100,12 @@ def execute_rome(model, tok, request: Dict, hparams) -> Dict[str, Tuple[torch.Te
 
 
 def apply_rome_to_model(
-    model, tok, requests: List[Dict], hparams, copy=False, return_orig_weights=False
+    model, tok, requests: List[Dict], hparams, copy=False, return_orig_weights=False, keep_original_weight=False,
+    **kwargs,
 ) -> Tuple[Any, Dict[str, torch.Tensor]]:
     """Edit ``model`` with each request in turn; returns ``(model, weights_copy)`` where
-    ``weights_copy`` holds the original edited weights when ``return_orig_weights``."""
+    ``weights_copy`` holds the original edited weights when ``return_orig_weights``.
+    ``keep_original_weight`` and other keywords are EasyEdit's, accepted and unused as there."""
     if copy:
         model = deepcopy(model)
     hp = _as_hparams(hparams, _rome_class(hparams))
@@ -145,9 +150,11 @@ def execute_memit(
 
 
 def apply_memit_to_model(
-    model, tok, requests: List[Dict], hparams, copy=False, return_orig_weights=False, cache_template: Optional[str] = None
+    model, tok, requests: List[Dict], hparams, copy=False, return_orig_weights=False,
+    cache_template: Optional[str] = None, keep_original_weight=False, **kwargs,
 ) -> Tuple[Any, Dict[str, torch.Tensor]]:
-    """Edit ``model`` with the batch ``requests``; returns ``(model, weights_copy)``."""
+    """Edit ``model`` with the batch ``requests``; returns ``(model, weights_copy)``.
+    ``keep_original_weight`` and other keywords are EasyEdit's, accepted and unused as there."""
     if copy:
         model = deepcopy(model)
     hp = _as_hparams(hparams, MEMITHyperParams)

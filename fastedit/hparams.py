@@ -17,6 +17,14 @@ fastedit's own additions (all optional, defaulting to the reference behaviour):
   counts it among the target tokens).
 * ``solve_dtype``: ``None`` for each method's reference precision (ROME inverts C in float32, MEMIT
   solves in float64), or ``"float64"`` / ``"float32"`` to force one.
+
+EasyEdit's YAML files (``hparams/ROME/gpt2-xl.yaml``) load too, through ``from_yaml``, ``from_hparams``
+(EasyEdit's own name, ``.yaml`` appended when missing) or :func:`load_hparams` with a ``.yaml`` path.
+Their numbers written as ``5e-1`` (a string to YAML) are read as numbers, as EasyEdit reads them. Of
+their extra keys, ``alg_name`` must name the method asked for, ``stats_dir`` is where the statistics
+are kept (as in EasyEdit), and the run-time keys in :data:`EASYEDIT_RUNTIME_KEYS` are kept on the
+object (``hp.device``) for :mod:`fastedit.easyedit`, which honours them; elsewhere they are ignored,
+with a note in the log.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import dataclasses
 import json
 import math
 import numbers
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -40,11 +49,26 @@ __all__ = [
     "PRESET_SOURCES",
     "hparams_class",
     "load_hparams",
+    "EASYEDIT_RUNTIME_KEYS",
 ]
+
+log = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).parent / "presets"
 FACT_TOKENS = ("subject_last", "subject_first", "subject_first_after_last", "last")
 INDEX_RULES = ("additive", "concat")
+
+# EasyEdit's keys that configure its run rather than the method, with their defaults there and what
+# fastedit.easyedit does with each.
+EASYEDIT_RUNTIME_KEYS: dict[str, tuple[Any, str]] = {
+    "device": (0, "the CUDA device index the model is moved to (the CPU when there is no GPU)"),
+    "model_parallel": (False, "load the model spread over the GPUs (device_map='auto')"),
+    "fp16": (False, "load the model in float16"),
+    "max_length": (40, "the least padding length of the evaluation's tokenisation"),
+    "batch_size": (1, "requests per edit in BaseEditor.batch_edit"),
+}
+# EasyEdit's method names (its ``alg_name``) for fastedit's.
+ALG_NAMES = {"ROME": "rome", "R-ROME": "r-rome", "MEMIT": "memit"}
 
 
 class HyperParamsError(InputError):
@@ -172,10 +196,17 @@ class HyperParams:
     mom2_dtype: str = "float32"
     mom2_min_count: int | None = None
 
-    model_name: str | None = None  # present in AlphaEdit's files; informational
+    model_name: str | None = None  # present in AlphaEdit's and EasyEdit's files; informational here
     subject_index_rule: str = "additive"
     strip_target_bos: bool = False
     solve_dtype: str | None = None
+
+    # EasyEdit's files: the statistics folder (used when none is passed to the session), its method
+    # name (checked), and its run-time keys as (key, value) pairs (see EASYEDIT_RUNTIME_KEYS). The
+    # run-time keys configure a run, not the edit, so they take no part in equality.
+    stats_dir: str | None = None
+    alg_name: str | None = None
+    easyedit_runtime: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         layers = self.layers
@@ -203,9 +234,25 @@ class HyperParams:
     def _fail(self, name: str, value, want: str):
         raise HyperParamsError(f"{type(self).__name__}: {name} must be {want}, got {value!r}")
 
+    def __getattr__(self, name: str) -> Any:
+        # EasyEdit's scripts read its run-time keys as attributes (hparams.device, hparams.batch_size).
+        if name in EASYEDIT_RUNTIME_KEYS:
+            return dict(self.__dict__.get("easyedit_runtime", ())).get(name, EASYEDIT_RUNTIME_KEYS[name][0])
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
     # ------------------------------------------------------------------ reading and writing
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "HyperParams":
+        data = dict(data)
+        runtime = {k: data.pop(k) for k in list(data) if k in EASYEDIT_RUNTIME_KEYS}
+        if runtime:
+            data["easyedit_runtime"] = tuple(sorted(runtime.items()))
+        alg = data.get("alg_name")
+        if alg is not None and cls.METHOD and ALG_NAMES.get(str(alg).upper()) != cls.METHOD:
+            raise HyperParamsError(
+                f"{cls.__name__}: alg_name {alg!r} is not {cls.METHOD!r} "
+                f"(EasyEdit names: {', '.join(f'{k} = {v}' for k, v in ALG_NAMES.items())})"
+            )
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -217,21 +264,76 @@ class HyperParams:
         ]
         if missing:
             raise HyperParamsError(f"{cls.__name__}: missing key(s) {', '.join(map(repr, missing))}")
-        return cls(**dict(data))
+        return cls(**data)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "HyperParams":
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(_read(path))
         except json.JSONDecodeError as e:
             raise HyperParamsError(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(data, dict):
-            raise HyperParamsError(f"{path}: expected a JSON object")
+        return cls._from_file_data(path, data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "HyperParams":
+        """An EasyEdit hparams YAML file (or any YAML mapping of this class's keys)."""
+        import yaml
+
+        path = Path(path)
         try:
-            return cls.from_dict(data)
+            data = yaml.safe_load(_read(path))
+        except yaml.YAMLError as e:
+            raise HyperParamsError(f"{path}: not valid YAML ({e})") from e
+        if isinstance(data, dict):
+            data = cls._numbers_from_strings(data)
+        return cls._from_file_data(path, data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "HyperParams":
+        """A ``.yaml``/``.yml`` file through :meth:`from_yaml`, anything else through :meth:`from_json`."""
+        path = Path(path)
+        return cls.from_yaml(path) if path.suffix.lower() in YAML_SUFFIXES else cls.from_json(path)
+
+    @classmethod
+    def from_hparams(cls, hparams_name_or_path: str | Path) -> "HyperParams":
+        """EasyEdit's constructor: a file path, ``.yaml`` appended when the name has no suffix of a
+        hyperparameter file (``from_hparams("hparams/ROME/gpt2-xl")``)."""
+        path = Path(hparams_name_or_path)
+        if path.suffix.lower() not in YAML_SUFFIXES + (".json",):
+            path = path.with_name(path.name + ".yaml")
+        return cls.from_file(path)
+
+    @classmethod
+    def _from_file_data(cls, path: Path, data: Any) -> "HyperParams":
+        if not isinstance(data, dict):
+            raise HyperParamsError(f"{path}: expected a mapping of hyperparameters, got {type(data).__name__}")
+        try:
+            hp = cls.from_dict(data)
         except (HyperParamsError, TypeError) as e:
             raise HyperParamsError(f"{path}: {e}") from e
+        if hp.easyedit_runtime:
+            log.info(
+                "%s: EasyEdit run-time key(s) %s are honoured by fastedit.easyedit only, ignored elsewhere",
+                path, ", ".join(k for k, _ in hp.easyedit_runtime),
+            )
+        return hp
+
+    @classmethod
+    def _numbers_from_strings(cls, data: dict) -> dict:
+        """YAML reads ``5e-1`` (no dot) as a string; EasyEdit turns such strings into numbers, and so
+        does this, for the fields that hold numbers."""
+        numeric = {f.name for f in fields(cls) if str(f.type).split(" |")[0] in ("int", "float")}
+        numeric |= {k for k, (default, _) in EASYEDIT_RUNTIME_KEYS.items() if type(default) in (int, float)}
+        out = dict(data)
+        for key, value in data.items():
+            if key in numeric and isinstance(value, str):
+                try:
+                    number = float(value)
+                except ValueError:
+                    continue  # left as it is; the field's own check names it
+                out[key] = int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+        return out
 
     @classmethod
     def preset(cls, model: str) -> "HyperParams":
@@ -243,7 +345,13 @@ class HyperParams:
         return cls.from_json(path)
 
     def to_dict(self) -> dict[str, Any]:
+        """The hyperparameters as one flat mapping (EasyEdit's run-time keys among them, when read from
+        its file), which :meth:`from_dict` reads back."""
         out = dataclasses.asdict(self)
+        out.update(dict(out.pop("easyedit_runtime")))
+        for key in ("stats_dir", "alg_name"):
+            if out[key] is None:
+                del out[key]
         out["layers"] = list(self.layers)
         if "context_template_length_params" in out:
             out["context_template_length_params"] = [list(x) for x in out["context_template_length_params"]]
@@ -340,7 +448,8 @@ def hparams_class(method: str) -> type[HyperParams]:
 
 
 def load_hparams(method: str, spec: "str | Path | Mapping[str, Any] | HyperParams") -> HyperParams:
-    """Hyperparameters for ``method`` from a preset name, a JSON path, a dict or an instance."""
+    """Hyperparameters for ``method`` from a preset name, a JSON or YAML path (EasyEdit's files), a
+    dict or an instance."""
     cls = hparams_class(method)
     if isinstance(spec, HyperParams):
         if not isinstance(spec, cls):
@@ -349,9 +458,21 @@ def load_hparams(method: str, spec: "str | Path | Mapping[str, Any] | HyperParam
     if isinstance(spec, Mapping):
         return cls.from_dict(spec)
     path = Path(spec)
-    if path.suffix == ".json" or path.exists():
-        return cls.from_json(path)
+    if path.suffix.lower() in YAML_SUFFIXES + (".json",) or path.exists():
+        return cls.from_file(path)
     return cls.preset(str(spec))
+
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise HyperParamsError(f"hyperparameter file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise HyperParamsError(f"{path}: cannot be read ({e})") from e
 
 
 # Where each preset's numbers come from (shown by `fastedit presets` and in the README).

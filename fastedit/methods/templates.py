@@ -16,7 +16,7 @@ import unicodedata
 
 import torch
 
-__all__ = ["sample_texts", "rome_templates", "memit_templates", "MEMIT_START_WORDS"]
+__all__ = ["sample_texts", "rome_templates", "memit_templates", "start_word_templates", "MEMIT_START_WORDS"]
 
 MEMIT_START_WORDS = ("The", "Therefore", "Because", "I", "You")
 
@@ -81,3 +81,14 @@ def memit_templates(model, tok, seed: int = 0, max_out_len: int = 10) -> list[li
     for word in MEMIT_START_WORDS:
         group += [_as_template(t) for t in sample_texts(model, tok, word, 1, max_out_len, generator=gen)]
     return [["{}"], group]
+
+
+def start_word_templates(model, tok, length_params=((5, 10), (10, 10)), seed: int = 0) -> list[str]:
+    """EasyEdit's ROME templates: ``"{}"`` then, for each ``(max_out_len, n)``, ``n // 5`` samples from
+    each MEMIT start word (EasyEdit samples ROME's templates as MEMIT does, not from ``"<|endoftext|>"``)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = ["{}"]
+    for length, n in length_params:
+        for word in MEMIT_START_WORDS:
+            out += [_as_template(t) for t in sample_texts(model, tok, word, n // len(MEMIT_START_WORDS), length, generator=gen)]
+    return out

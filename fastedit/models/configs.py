@@ -85,6 +85,8 @@ def random_model(
     seeded random weights, in eval mode."""
     from transformers import AutoModelForCausalLM
 
+    from .loading import dtype_keyword
+
     if arch in FULL_SIZES:
         family, shape = FULL_SIZES[arch]
         cfg = _config(family, tiny=False, **{**shape, **config_overrides})
@@ -98,6 +100,6 @@ def random_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.device(device):
-            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+            model = AutoModelForCausalLM.from_config(cfg, **{dtype_keyword(): dtype})
     model.config._name_or_path = name
     return model.eval()

