@@ -226,8 +226,7 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
         done = 0
     runtime = {"device_map": device_map, "report_to": report_to or "none", "profile": str(profile) if profile else None}
     _write_atomic(cfg_path, json.dumps({"run": cfg.to_dict(), "hparams": session.hp.to_dict(), "stats_source": str(stats_source),
-                                        "stats_dir": str(stats_dir), "runtime": runtime}, indent=2) + "
-")
+                                        "stats_dir": str(stats_dir), "runtime": runtime}, indent=2) + "\n")
     edit_log = _truncate_jsonl(out / "edits.jsonl", lambda r: r["edit"] <= done)
     ckpt_log = _truncate_jsonl(out / "checkpoints.jsonl", lambda r: r["edits"] <= done)
 
