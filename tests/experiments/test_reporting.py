@@ -9,6 +9,7 @@ import pytest
 from fastedit.experiments.reporting import ReporterUnavailableError, flatten_numbers, make_reporter, require_reporter
 from fastedit.experiments.sequential import RunConfig, run_sequential
 from fastedit.models import random_model
+from textdata import write_stats_corpus
 
 
 def test_flatten_numbers():
@@ -65,16 +66,16 @@ def setup(tmp_path_factory, gpt2_tok):
     random_model("gpt2").save_pretrained(root / "tiny-gpt2")
     gpt2_tok.save_pretrained(root / "tiny-gpt2")
     (root / "hp.json").write_text(json.dumps({
-        "layers": [1], "v_num_grad_steps": 2, "v_loss_layer": 3, "mom2_update_weight": 10.0, "mom2_n_samples": 2,
+        "layers": [1], "v_num_grad_steps": 2, "v_loss_layer": 3, "mom2_update_weight": 10.0, "mom2_n_samples": 6,
     }))
-    (root / "corpus.txt").write_text("The cat sat on the mat and the dog sat on the log. " * 20)
+    write_stats_corpus(root / "corpus.jsonl")
     return root
 
 
 def config(setup, edits=2):
     return RunConfig(model=str(setup / "tiny-gpt2"), hparams=str(setup / "hp.json"), edits=edits, eval_every=1,
-                     downstream_n=0, stats_source=str(setup / "corpus.txt"), stats_dir=str(setup / "stats"),
-                     stats_max_len=64, device="cpu")
+                     downstream_n=0, stats_source=str(setup / "corpus.jsonl"), stats_dir=str(setup / "stats"),
+                     stats_max_len=128, device="cpu")
 
 
 def test_tensorboard(setup, tmp_path, monkeypatch):
