@@ -118,6 +118,24 @@ def test_cpu_default_is_the_cpp_kernel_and_ops_pass_opcheck(generator):
     torch.library.opcheck(torch.ops.fastedit.cholesky_update_.default, (L.clone(), K))
 
 
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_update_traces_under_torch_compile(device, backend, generator):
+    """One graph (fullgraph=True) through the update, the dispatch decided at trace time."""
+    L, K = _factor_and_keys(12, 2, torch.float64, generator)
+    eager, compiled = L.to(device, copy=True), L.to(device, copy=True)
+
+    def step(L, K):
+        ops.cholesky_update_(L, K)
+        return L.diagonal().sum()
+
+    with ops.use_backend(backend):
+        step(eager, K.to(device))
+        torch._dynamo.reset()
+        torch.compile(step, backend="aot_eager", fullgraph=True)(compiled, K.to(device))
+    assert ops.last_backend("cholesky_update_") == backend
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+
+
 def test_triton_op_passes_opcheck(generator):
     pytest.importorskip("triton")
     from gating import TRITON_INTERPRET
