@@ -168,7 +168,7 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
 
     session_dir = out / "session"
     if not (session_dir / "session.json").exists() and (out / "session.old" / "session.json").exists():
-        (out / "session.old").rename(session_dir)  # killed between the two renames of _save_session
+        (out / "session.old").rename(session_dir)  # a run of an earlier version killed while it swapped folders
     if (session_dir / "session.json").exists():
         session = EditSession.load(session_dir, model, tok, **session_opts)
         done = len(session.journal)
@@ -244,18 +244,9 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
 
 
 def _save_session(session: EditSession, out: Path) -> None:
-    """Replace ``out/session`` with the current state as a whole: written beside it, then swapped in by
-    renames, so a kill at any moment leaves one complete session (``session`` or ``session.old``)."""
-    import shutil
-
-    new, cur, old = out / "session.new", out / "session", out / "session.old"
-    shutil.rmtree(new, ignore_errors=True)
-    session.save(new)
-    shutil.rmtree(old, ignore_errors=True)
-    if cur.exists():
-        cur.rename(old)
-    new.rename(cur)
-    shutil.rmtree(old, ignore_errors=True)
+    """Checkpoint the session into ``out/session``: each save writes only what changed since the last
+    one and swaps it in with one rename, so a kill at any moment leaves one complete session."""
+    session.save(out / "session")
 
 
 def _checkpoint(cfg, session, scorer, edited, n_done, base, edit_log, data_dir, now, seconds) -> dict:
