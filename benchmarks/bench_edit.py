@@ -87,7 +87,6 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def run_throughput(args) -> dict:
     from fastedit.engine import EditSession
-    from fastedit.methods import plain
     from fastedit.methods.templates import memit_templates, rome_templates
     from fastedit.profiling import chrome_trace
     from fastedit.stats.store import SecondMomentStore
@@ -116,25 +115,11 @@ def run_throughput(args) -> dict:
 
     results = {}
     # ---- reference-style baseline ------------------------------------------------------------
-    base_model = copy.deepcopy(model)
     names = [f"{hp_dict['rewrite_module_tmp'].format(l)}.weight" for l in hp.layers]
     base_deltas, base_times = [], []
     if not args.no_baseline:
-        for batch in batches[: args.baseline_edits or len(batches)]:
-            before = {n: base_model.get_parameter(n).detach().clone() for n in names}
-            t0 = time.perf_counter()
-            refs = [dict(r.to_reference_dict(), target_new=r.target_new) for r in batch]
-            if args.method == "memit":
-                plain.memit(base_model, tok, refs, hp_dict, templates, store.second_moment)
-            else:
-                for r in refs:
-                    plain.rome(base_model, tok, r, hp_dict, templates, store.second_moment,
-                               variant=getattr(hp, "key_variant", "rome"),
-                               u_from_average=hp.original_implementation or hp.enable_random_prefix_keys)
-            _sync(args.device)
-            base_times.append(time.perf_counter() - t0)
-            base_deltas.append({n: base_model.get_parameter(n).detach() - before[n] for n in names})
-    del base_model
+        base_deltas, base_times = run_baseline(args, copy.deepcopy(model), tok, hp, hp_dict, templates, store,
+                                               batches[: args.baseline_edits or len(batches)], names)
     # ---- fastedit -------------------------------------------------------------------------------
     fast_model = model
     sess = EditSession(fast_model, tok, args.method, hp, mode=args.mode, options=parse_options(args.option),
@@ -183,6 +168,29 @@ def run_throughput(args) -> dict:
         "command": " ".join(sys.argv),
     }
     return results
+
+
+def run_baseline(args, base_model, tok, hp, hp_dict, templates, store, batches, names) -> tuple[list, list]:
+    """The reference-style edits (``fastedit.methods.plain``) of ``batches`` on ``base_model``:
+    per batch, ΔW of each weight in ``names`` and the seconds it took."""
+    from fastedit.methods import plain
+
+    base_deltas, base_times = [], []
+    for batch in batches:
+        before = {n: base_model.get_parameter(n).detach().clone() for n in names}
+        t0 = time.perf_counter()
+        refs = [dict(r.to_reference_dict(), target_new=r.target_new) for r in batch]
+        if args.method == "memit":
+            plain.memit(base_model, tok, refs, hp_dict, templates, store.second_moment)
+        else:
+            for r in refs:
+                plain.rome(base_model, tok, r, hp_dict, templates, store.second_moment,
+                           variant=getattr(hp, "key_variant", "rome"),
+                           u_from_average=hp.original_implementation or hp.enable_random_prefix_keys)
+        _sync(args.device)
+        base_times.append(time.perf_counter() - t0)
+        base_deltas.append({n: base_model.get_parameter(n).detach() - before[n] for n in names})
+    return base_deltas, base_times
 
 
 def run_efficacy(args) -> dict:
@@ -240,12 +248,13 @@ def _files(folder: Path) -> dict:
 def _timed_save(sess, folder: Path) -> dict:
     """One checkpoint: seconds, and bytes of the files it created or replaced."""
     before = _files(folder)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     sess.save(folder)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     after = _files(folder)
     written = sum(size for name, (ino, size) in after.items() if before.get(name) != (ino, size))
-    return {"edits": len(sess.journal), "seconds": seconds, "bytes": written, "folder_bytes": sum(v[1] for v in after.values())}
+    return {"edits": len(sess.journal), "seconds": seconds, "cpu_seconds": cpu, "bytes": written,
+            "folder_bytes": sum(v[1] for v in after.values())}
 
 
 def run_memory(args) -> dict:
@@ -303,14 +312,23 @@ def run_memory(args) -> dict:
         "command": " ".join(sys.argv),
     }
     if saves:
-        at = {s["edits"]: s for s in saves}
-        small, large = at.get(first_tenth), saves[-1]
         res["saves"] = saves
-        if small:
-            res["save_at_first_10pct"], res["save_at_end"] = small, large
-            res["save_seconds_ratio"] = large["seconds"] / small["seconds"]
-            res["save_bytes_ratio"] = large["bytes"] / small["bytes"]
+        res.update(_save_ratios(saves, first_tenth, args.memory))
     return res
+
+
+def _save_ratios(saves: list[dict], first_tenth: int, edits: int) -> dict:
+    """The saves of the last 10% of the edits against those of the first 10%: medians of wall
+    seconds, CPU seconds and bytes written (medians, as single saves on a shared machine are noisy)."""
+    early = [s for s in saves if s["edits"] <= first_tenth]
+    late = [s for s in saves if s["edits"] > edits - first_tenth]
+    if not early or not late:
+        return {}
+    out = {"saves_first_10pct": len(early), "saves_last_10pct": len(late)}
+    for key in ("seconds", "cpu_seconds", "bytes"):
+        a, b = statistics.median(s[key] for s in early), statistics.median(s[key] for s in late)
+        out[f"save_{key}_first_10pct"], out[f"save_{key}_last_10pct"], out[f"save_{key}_ratio"] = a, b, b / a
+    return out
 
 
 # What benchmarks/gpu_suite.sh runs (FASTEDIT_GPU_SUITE=1): the issue's GPU goals, each with its

@@ -269,14 +269,14 @@ class EditSession:
                 for name, w in weights.items():
                     if not torch.isfinite(w).all():
                         raise EditFailedError(f"the edit made {name} non-finite")
+                norms = {k: float((w.detach().double() - backup.original(k).double()).norm()) for k, w in weights.items()}
+                times = {**timer.as_dict(), "total": time.perf_counter() - t0}
+                # last, so that an edit that fails anywhere leaves no journal entry
+                entry = self.journal.record(reqs, out.updates, {k: w.dtype for k, w in weights.items()}, times)
         except (EditFailedError, KeyboardInterrupt):
             raise
         except BaseException as e:
             raise EditFailedError(f"edit of {[r.name for r in reqs]} failed, model restored: {e}") from e
-        times = timer.as_dict()
-        times["total"] = time.perf_counter() - t0
-        norms = {k: float((w.detach().double() - backup.original(k).double()).norm()) for k, w in weights.items()}
-        entry = self.journal.record(reqs, out.updates, {k: w.dtype for k, w in weights.items()}, times)
         return EditResult(
             edit_id=entry.edit_id,
             ids=[r.case_id for r in reqs],
@@ -391,7 +391,7 @@ class EditSession:
         fp = model_fingerprint(model)
         if saved.manifest["model_fingerprint"] != fp:
             raise ValueError(
-                f"{path}: the session was saved for model {saved.manifest['model']!r} "
+                f"{path}: the session was saved for model {saved.manifest.get('model')!r} "
                 f"({saved.manifest['model_fingerprint']}), not this one ({fp})"
             )
         sess = cls(model, tok, **saved.session_arguments(), **session_options)

@@ -44,6 +44,7 @@ SESSION_FORMAT = "fastedit-session/2"
 LEGACY_FORMAT = "fastedit-session/1"
 MANIFEST = "session.json"
 _COMP = "compensation/"
+_REQUIRED = ("method", "mode", "options", "hparams", "templates", "seed", "model_fingerprint", "next_id", "journal")
 _OWN_FILE = re.compile(r"^(base|weights|journal)-[0-9a-f-]+\.safetensors$|^\..+\.[0-9a-f]{12}\.tmp$")
 _LEGACY_FILES = ("journal.safetensors", "weights.safetensors", "base.safetensors", "session.json.tmp",
                  "journal.safetensors.tmp", "weights.safetensors.tmp", "base.safetensors.tmp")
@@ -204,13 +205,14 @@ def read_session(path: str | Path) -> SavedSession:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         fmt = manifest.get("format")
-        if fmt == SESSION_FORMAT:
-            return _read_v2(path, manifest)
-        if fmt == LEGACY_FORMAT:
-            return _read_v1(path, manifest)
+        if fmt not in (SESSION_FORMAT, LEGACY_FORMAT):
+            raise ValueError(f"{path}: not a fastedit session (format {fmt!r})")
+        missing = [k for k in _REQUIRED if k not in manifest]
+        if missing:
+            raise ValueError(f"{path / MANIFEST}: lacks {', '.join(missing)}")
+        return (_read_v2 if fmt == SESSION_FORMAT else _read_v1)(path, manifest)
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: malformed session files ({type(e).__name__}: {e})") from None
-    raise ValueError(f"{path}: not a fastedit session (format {fmt!r})")
 
 
 def _read_v2(path: Path, manifest: dict) -> SavedSession:

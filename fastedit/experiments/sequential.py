@@ -144,14 +144,7 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "config.json"
-    if cfg_path.exists():
-        # the same run may be resumed, or extended to more edits; anything else is another run
-        # options added after a run was started take their defaults
-        saved = {**json.loads(json.dumps(RunConfig().to_dict())), **json.loads(cfg_path.read_text())["run"]}
-        now = json.loads(json.dumps(cfg.to_dict()))
-        diff = sorted(k for k in set(saved) | set(now) if k != "edits" and saved.get(k) != now.get(k))
-        if diff:
-            raise ValueError(f"{out} holds a run with a different configuration (differs in {diff}); use another --out")
+    _check_same_run(cfg, out)
     torch.manual_seed(cfg.seed)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = load_model(cfg.model, dtype=cfg.dtype, device=device)
@@ -161,21 +154,8 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
     batches = [reqs[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(cfg.edits)]
     stats_source = cfg.stats_source or default_stats_source()
     stats_dir = cfg.stats_dir or str(cache_dir() / "stats")
-    from ..models.adapters import get_adapter
-
-    max_len = min(cfg.stats_max_len or 10**9, get_adapter(model).max_positions(model))
-    session_opts = dict(stats_dir=stats_dir, stats_source=stats_source, stats_max_len=max_len, progress=False)
-
-    session_dir = out / "session"
-    if not (session_dir / "session.json").exists() and (out / "session.old" / "session.json").exists():
-        (out / "session.old").rename(session_dir)  # a run of an earlier version killed while it swapped folders
-    if (session_dir / "session.json").exists():
-        session = EditSession.load(session_dir, model, tok, **session_opts)
-        done = len(session.journal)
-        log.info("resuming %s after %d edits", out, done)
-    else:
-        session = EditSession(model, tok, cfg.method, cfg.hparams or cfg.model, mode=cfg.mode, seed=cfg.seed, **session_opts)
-        done = 0
+    session = _open_session(cfg, out, model, tok, stats_source, stats_dir)
+    done = len(session.journal)
     cfg_path.write_text(json.dumps({"run": cfg.to_dict(), "hparams": session.hp.to_dict(),
                                     "stats_source": str(stats_source), "stats_dir": str(stats_dir)}, indent=2) + "\n")
     edit_log = _truncate_jsonl(out / "edits.jsonl", lambda r: r["edit"] <= done)
@@ -201,26 +181,10 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
         batch = batches[i]
         res = session.apply(batch)
         seconds += res.times["total"]
-        now_rows = scorer.rows(batch)
-        norm = sum(v**2 for v in res.update_norms.values()) ** 0.5
-        median = statistics.median(norms_so_far) if norms_so_far else None
-        disabling = bool(median and norm > cfg.disable_factor * median)
-        norms_so_far.append(norm)
-        entry = {
-            "edit": i + 1,
-            "edit_id": res.edit_id,
-            "case_ids": res.ids,
-            "seconds": res.times["total"],
-            "update_norm": norm,
-            "update_norms": res.update_norms,
-            "holds": [r["holds"] for r in now_rows],
-            "disabling": disabling,
-        }
+        entry = _edit_entry(cfg, i + 1, res, scorer.rows(batch), norms_so_far)
         edit_log.append(entry)
         with open(out / "edits.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
-        if disabling:
-            log.warning("edit %d (%s): update norm %.3g is %.0f× the running median: a disabling edit", i + 1, res.ids, norm, norm / median)
         bar.update(1)
         bar.set_postfix(edits_per_s=f"{(i + 1 - done) / (time.perf_counter() - t_start):.2f}")
         if (i + 1) % cfg.eval_every == 0 or i + 1 == cfg.edits:
@@ -247,6 +211,56 @@ def _save_session(session: EditSession, out: Path) -> None:
     """Checkpoint the session into ``out/session``: each save writes only what changed since the last
     one and swaps it in with one rename, so a kill at any moment leaves one complete session."""
     session.save(out / "session")
+
+
+def _check_same_run(cfg: RunConfig, out: Path) -> None:
+    """``out`` may hold the same run, to resume or extend to more edits; anything else is another run.
+    Options added after a run was started take their defaults."""
+    cfg_path = out / "config.json"
+    if not cfg_path.exists():
+        return
+    saved = {**json.loads(json.dumps(RunConfig().to_dict())), **json.loads(cfg_path.read_text())["run"]}
+    now = json.loads(json.dumps(cfg.to_dict()))
+    diff = sorted(k for k in set(saved) | set(now) if k != "edits" and saved.get(k) != now.get(k))
+    if diff:
+        raise ValueError(f"{out} holds a run with a different configuration (differs in {diff}); use another --out")
+
+
+def _open_session(cfg: RunConfig, out: Path, model, tok, stats_source, stats_dir) -> EditSession:
+    """The run's session: restored from ``out/session`` when the run is resumed, else a new one."""
+    from ..models.adapters import get_adapter
+
+    max_len = min(cfg.stats_max_len or 10**9, get_adapter(model).max_positions(model))
+    session_opts = dict(stats_dir=stats_dir, stats_source=stats_source, stats_max_len=max_len, progress=False)
+    session_dir = out / "session"
+    if not (session_dir / "session.json").exists() and (out / "session.old" / "session.json").exists():
+        (out / "session.old").rename(session_dir)  # a run of an earlier version killed while it swapped folders
+    if (session_dir / "session.json").exists():
+        session = EditSession.load(session_dir, model, tok, **session_opts)
+        log.info("resuming %s after %d edits", out, len(session.journal))
+        return session
+    return EditSession(model, tok, cfg.method, cfg.hparams or cfg.model, mode=cfg.mode, seed=cfg.seed, **session_opts)
+
+
+def _edit_entry(cfg: RunConfig, n: int, res, rows: list[dict], norms_so_far: list[float]) -> dict:
+    """The ``edits.jsonl`` line of edit ``n``; flags (and logs) a disabling edit, whose update norm
+    exceeds ``disable_factor`` times the running median."""
+    norm = sum(v**2 for v in res.update_norms.values()) ** 0.5
+    median = statistics.median(norms_so_far) if norms_so_far else None
+    disabling = bool(median and norm > cfg.disable_factor * median)
+    norms_so_far.append(norm)
+    if disabling:
+        log.warning("edit %d (%s): update norm %.3g is %.0f× the running median: a disabling edit", n, res.ids, norm, norm / median)
+    return {
+        "edit": n,
+        "edit_id": res.edit_id,
+        "case_ids": res.ids,
+        "seconds": res.times["total"],
+        "update_norm": norm,
+        "update_norms": res.update_norms,
+        "holds": [r["holds"] for r in rows],
+        "disabling": disabling,
+    }
 
 
 def _checkpoint(cfg, session, scorer, edited, n_done, base, edit_log, data_dir, now, seconds) -> dict:
