@@ -14,6 +14,10 @@ of ΔW per layer, the largest reported). ``--model`` is a fastedit name, a local
 random-weight architecture (``gpt2-xl``, ``gpt-j-6b``, ``llama-3-8b`` at full size, or
 ``random:gpt2``/``random:llama``/... tiny) with synthetic statistics.
 
+``--memory N`` instead runs N sequential edits (no baseline) and reports ``peak_memory_ratio``, the peak
+RSS after all edits over the peak after the first 10%, with both peaks; ``--save-every K`` adds a
+session checkpoint into one folder every K edits and reports each save's seconds and bytes written.
+
 ``--efficacy N`` instead measures the fraction of N sequential edits that succeed right after they are
 applied (P(new) > P(true) on the rewrite prompt) in exact and in fast mode.
 
@@ -40,6 +44,8 @@ from machine_info import machine  # noqa: E402  (benchmarks/ is on sys.path when
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FASTEDIT_DATA_DIR", REPO.parent / "shared" / "data"))
+# narrow stand-ins of the full-size models take the full model's preset
+NARROW_PRESETS = {"gpt2-xl-narrow": "gpt2-xl"}
 
 
 def load(args):
@@ -57,7 +63,7 @@ def load(args):
         tok = gpt2_tokenizer()
     else:
         model, tok = load_model(name, dtype=dtype, device=args.device)
-    preset = args.hparams or (name if not name.startswith("random:") else None)
+    preset = args.hparams or (NARROW_PRESETS.get(name, name) if not name.startswith("random:") else None)
     if preset is None:
         small = {"layers": [1, 2] if args.method == "memit" else [1], "v_loss_layer": 3, "v_num_grad_steps": 20}
         if args.method == "memit":
@@ -81,7 +87,6 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def run_throughput(args) -> dict:
     from fastedit.engine import EditSession
-    from fastedit.methods import plain
     from fastedit.methods.templates import memit_templates, rome_templates
     from fastedit.profiling import chrome_trace
     from fastedit.stats.store import SecondMomentStore
@@ -110,25 +115,11 @@ def run_throughput(args) -> dict:
 
     results = {}
     # ---- reference-style baseline ------------------------------------------------------------
-    base_model = copy.deepcopy(model)
     names = [f"{hp_dict['rewrite_module_tmp'].format(l)}.weight" for l in hp.layers]
     base_deltas, base_times = [], []
     if not args.no_baseline:
-        for batch in batches[: args.baseline_edits or len(batches)]:
-            before = {n: base_model.get_parameter(n).detach().clone() for n in names}
-            t0 = time.perf_counter()
-            refs = [dict(r.to_reference_dict(), target_new=r.target_new) for r in batch]
-            if args.method == "memit":
-                plain.memit(base_model, tok, refs, hp_dict, templates, store.second_moment)
-            else:
-                for r in refs:
-                    plain.rome(base_model, tok, r, hp_dict, templates, store.second_moment,
-                               variant=getattr(hp, "key_variant", "rome"),
-                               u_from_average=hp.original_implementation or hp.enable_random_prefix_keys)
-            _sync(args.device)
-            base_times.append(time.perf_counter() - t0)
-            base_deltas.append({n: base_model.get_parameter(n).detach() - before[n] for n in names})
-    del base_model
+        base_deltas, base_times = run_baseline(args, copy.deepcopy(model), tok, hp, hp_dict, templates, store,
+                                               batches[: args.baseline_edits or len(batches)], names)
     # ---- fastedit -------------------------------------------------------------------------------
     fast_model = model
     sess = EditSession(fast_model, tok, args.method, hp, mode=args.mode, options=parse_options(args.option),
@@ -179,6 +170,29 @@ def run_throughput(args) -> dict:
     return results
 
 
+def run_baseline(args, base_model, tok, hp, hp_dict, templates, store, batches, names) -> tuple[list, list]:
+    """The reference-style edits (``fastedit.methods.plain``) of ``batches`` on ``base_model``:
+    per batch, ΔW of each weight in ``names`` and the seconds it took."""
+    from fastedit.methods import plain
+
+    base_deltas, base_times = [], []
+    for batch in batches:
+        before = {n: base_model.get_parameter(n).detach().clone() for n in names}
+        t0 = time.perf_counter()
+        refs = [dict(r.to_reference_dict(), target_new=r.target_new) for r in batch]
+        if args.method == "memit":
+            plain.memit(base_model, tok, refs, hp_dict, templates, store.second_moment)
+        else:
+            for r in refs:
+                plain.rome(base_model, tok, r, hp_dict, templates, store.second_moment,
+                           variant=getattr(hp, "key_variant", "rome"),
+                           u_from_average=hp.original_implementation or hp.enable_random_prefix_keys)
+        _sync(args.device)
+        base_times.append(time.perf_counter() - t0)
+        base_deltas.append({n: base_model.get_parameter(n).detach() - before[n] for n in names})
+    return base_deltas, base_times
+
+
 def run_efficacy(args) -> dict:
     """Fraction of N sequential edits that hold right after they are applied, exact vs fast."""
     from fastedit.engine import EditSession
@@ -219,6 +233,102 @@ def run_efficacy(args) -> dict:
         "machine": machine(),
         "command": " ".join(sys.argv),
     }
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _files(folder: Path) -> dict:
+    return {p.name: (p.stat().st_ino, p.stat().st_size) for p in folder.iterdir() if p.is_file()} if folder.exists() else {}
+
+
+def _timed_save(sess, folder: Path) -> dict:
+    """One checkpoint: seconds, and bytes of the files it created or replaced."""
+    before = _files(folder)
+    t0, c0 = time.perf_counter(), time.process_time()
+    sess.save(folder)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    after = _files(folder)
+    written = sum(size for name, (ino, size) in after.items() if before.get(name) != (ino, size))
+    return {"edits": len(sess.journal), "seconds": seconds, "cpu_seconds": cpu, "bytes": written,
+            "folder_bytes": sum(v[1] for v in after.values())}
+
+
+def run_memory(args) -> dict:
+    """Peak RSS over ``args.memory`` sequential edits (CounterFact records, cycled when there are fewer),
+    with a checkpoint save every ``args.save_every`` edits when asked."""
+    import tempfile
+
+    from fastedit.engine import EditSession
+    from fastedit.methods.templates import memit_templates, rome_templates
+    from fastedit.models import get_adapter
+    from fastedit.stats.store import SecondMomentStore
+    from fastedit.stats.synthetic import write_synthetic_second_moments
+
+    model, tok, hp, synthetic = load(args)
+    hp = hp.replace(v_num_grad_steps=args.steps) if args.steps else hp
+    stats_dir = Path(args.stats_dir)
+    if synthetic:
+        write_synthetic_second_moments(model, hp, stats_dir)
+    store = SecondMomentStore(model, tok, get_adapter(model), hp, stats_dir=stats_dir, source=args.stats_source,
+                              max_len=args.stats_max_len, progress=False)
+    store.ensure(hp.layers)
+    with torch.no_grad():
+        templates = (rome_templates(model, tok, hp.context_template_length_params, seed=args.seed)
+                     if args.method != "memit" else memit_templates(model, tok, seed=args.seed))
+    pool = counterfact(min(args.memory * args.batch_size, 10_000))
+    sess = EditSession(model, tok, args.method, hp, mode=args.mode, options=parse_options(args.option),
+                       templates=templates, stats_dir=stats_dir, progress=False)
+    sess.stats = store
+    save_dir = Path(args.save_dir or tempfile.mkdtemp(prefix="fastedit-bench-save-")) / "session"
+    first_tenth = max(1, args.memory // 10)
+    saves, peak_tenth, t0 = [], None, time.perf_counter()
+    for i in range(args.memory):
+        batch = [pool[(i * args.batch_size + j) % len(pool)] for j in range(args.batch_size)]
+        sess.apply(batch)
+        if args.save_every and (i + 1) % args.save_every == 0:
+            saves.append(_timed_save(sess, save_dir))
+        if i + 1 == first_tenth:
+            peak_tenth = _peak_rss_mb()
+        if (i + 1) % max(1, args.memory // 20) == 0:
+            print(f"{i + 1} edits, {time.perf_counter() - t0:.0f} s, peak RSS {_peak_rss_mb():.1f} MB", flush=True)
+    peak = _peak_rss_mb()
+    res = {
+        "benchmark": "bench_edit --memory",
+        "model": args.model,
+        "method": args.method,
+        "mode": args.mode,
+        "edits": args.memory,
+        "batch_size": args.batch_size,
+        "v_num_grad_steps": hp.v_num_grad_steps,
+        "seconds": time.perf_counter() - t0,
+        "peak_rss_mb_first_10pct": peak_tenth,
+        "peak_rss_mb": peak,
+        "peak_memory_ratio": peak / peak_tenth,
+        "machine": machine(),
+        "command": " ".join(sys.argv),
+    }
+    if saves:
+        res["saves"] = saves
+        res.update(_save_ratios(saves, first_tenth, args.memory))
+    return res
+
+
+def _save_ratios(saves: list[dict], first_tenth: int, edits: int) -> dict:
+    """The saves of the last 10% of the edits against those of the first 10%: medians of wall
+    seconds, CPU seconds and bytes written (medians, as single saves on a shared machine are noisy)."""
+    early = [s for s in saves if s["edits"] <= first_tenth]
+    late = [s for s in saves if s["edits"] > edits - first_tenth]
+    if not early or not late:
+        return {}
+    out = {"saves_first_10pct": len(early), "saves_last_10pct": len(late)}
+    for key in ("seconds", "cpu_seconds", "bytes"):
+        a, b = statistics.median(s[key] for s in early), statistics.median(s[key] for s in late)
+        out[f"save_{key}_first_10pct"], out[f"save_{key}_last_10pct"], out[f"save_{key}_ratio"] = a, b, b / a
+    return out
 
 
 # What benchmarks/gpu_suite.sh runs (FASTEDIT_GPU_SUITE=1): the issue's GPU goals, each with its
@@ -289,6 +399,11 @@ def parse(argv=None):
     ap.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                     help="a fast-mode option for fastedit's session (repeatable), e.g. cuda_graph=true")
     ap.add_argument("--no-baseline", action="store_true", help="time fastedit only")
+    ap.add_argument("--memory", type=int, default=0, metavar="N", help="peak memory over N sequential edits")
+    ap.add_argument("--save-every", type=int, default=0, metavar="K", help="with --memory: save the session every K edits")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="with --memory: replace v_num_grad_steps (fewer optimisation steps make long runs affordable)")
+    ap.add_argument("--save-dir", default=None, help="with --save-every: the folder to save into (default: a temporary one)")
     ap.add_argument("--efficacy", type=int, default=0, metavar="N", help="efficacy of N sequential edits, exact vs fast")
     ap.add_argument("--profile", default=None, metavar="PATH", help="Chrome trace of fastedit's edits")
     ap.add_argument("--seed", type=int, default=0)
@@ -333,10 +448,13 @@ def main(argv=None) -> int:
     args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = run_efficacy(args) if args.efficacy else run_throughput(args)
-    if args.reference_dir and not args.efficacy:
+    if args.memory:
+        res = run_memory(args)
+    else:
+        res = run_efficacy(args) if args.efficacy else run_throughput(args)
+    if args.reference_dir and not args.efficacy and not args.memory:
         res["reference_code"] = run_reference_code(args)
-    if not args.efficacy:
+    if not args.efficacy and not args.memory:
         print(f"{'phase':<22} s/edit")
         for k, v in res["phase_seconds_per_edit"].items():
             print(f"{k:<22} {v:8.3f}")

@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -161,11 +163,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_edit(args) -> int:
-    from safetensors.torch import save_file
+# what `fastedit edit` writes into OUT; an OUT holding only these is an earlier output it may replace
+EDIT_OUTPUTS = ("config.json", "result.json", "updates.safetensors", "model")
 
+
+def cmd_edit(args) -> int:
     from .engine import EditSession
     from .hparams import load_hparams
+    from .engine.files import check_replaceable, replace_folder
     from .models.loading import load_model
     from .profiling import chrome_trace
     from .requests import as_requests
@@ -173,16 +178,16 @@ def cmd_edit(args) -> int:
     # inputs are checked before the model is loaded or anything is written
     reqs = as_requests(_read_requests(args.requests))
     hparams = load_hparams(args.method, args.hparams) if args.hparams is not None else None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out).absolute()
+    trace = Path(args.profile).absolute() if args.profile else None
+    trace_in_out = trace is not None and out in trace.parents
+    allowed = EDIT_OUTPUTS + ((trace.relative_to(out).parts[0],) if trace_in_out else ())
+    check_replaceable(out, allowed)  # before the edits, not after them
     model, tok = load_model(args.model, dtype=args.dtype, device=_device(args.device), device_map=_device_map(args.device_map))
     session = EditSession(
         model, tok, args.method, hparams, seed=args.seed, stats_dir=args.stats_dir,
         stats_source=args.stats_source, stats_max_len=args.stats_max_len,
     )
-    (out / "config.json").write_text(json.dumps(
-        {"model": args.model, "method": args.method, "hparams": session.hp.to_dict(), "requests": args.requests,
-         "seed": args.seed, "dtype": args.dtype}, indent=2) + "\n")
     if args.method == "memit":
         size = args.batch_size or len(reqs)
         batches = [reqs[i : i + size] for i in range(0, len(reqs), size)]
@@ -190,22 +195,45 @@ def cmd_edit(args) -> int:
         batches = [[r] for r in reqs]
     results, tensors = [], {}
     t0 = time.perf_counter()
-    with chrome_trace(args.profile):
-        for b, batch in enumerate(batches):
-            res = session.apply(batch)
-            results.append({"ids": res.ids, "update_norms": res.update_norms, "times": res.times})
-            for u in res.updates:
-                tensors[f"{b}.{u.weight_name}.keys_side"] = u.keys_side.detach().float().cpu().contiguous()
-                tensors[f"{b}.{u.weight_name}.values_side"] = u.values_side.detach().float().cpu().contiguous()
-            print(res.summary())
-    (out / "result.json").write_text(json.dumps({"edits": results, "seconds": time.perf_counter() - t0}, indent=2) + "\n")
-    save_file(tensors, str(out / "updates.safetensors"))
-    if args.save_model:
-        from .models.loading import save_model
+    # every batch is applied before OUT changes: a failed one leaves OUT as it was
+    with tempfile.TemporaryDirectory() as scratch:
+        trace_file = Path(scratch) / "trace.json" if trace_in_out else trace
+        with chrome_trace(trace_file):
+            for b, batch in enumerate(batches):
+                res = session.apply(batch)
+                results.append({"ids": res.ids, "update_norms": res.update_norms, "times": res.times})
+                for u in res.updates:
+                    tensors[f"{b}.{u.weight_name}.keys_side"] = u.keys_side.detach().float().cpu().contiguous()
+                    tensors[f"{b}.{u.weight_name}.values_side"] = u.values_side.detach().float().cpu().contiguous()
+                print(res.summary())
+        config = {"model": args.model, "method": args.method, "hparams": session.hp.to_dict(), "requests": args.requests,
+                  "seed": args.seed, "dtype": args.dtype}
+        edits = {"edits": results, "seconds": time.perf_counter() - t0}
 
-        save_model(model, tok, out / "model")
+        def write(folder: Path) -> None:
+            _write_edit_outputs(folder, config, edits, tensors, (model, tok, session) if args.save_model else None)
+            if trace_in_out:
+                (folder / trace.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(trace_file), folder / trace.relative_to(out))
+
+        replace_folder(out, write, allowed)
     print(f"wrote {out}/result.json and {out}/updates.safetensors" + (f" and {out}/model" if args.save_model else ""))
     return 0
+
+
+def _write_edit_outputs(folder: Path, config: dict, edits: dict, tensors: dict, saved_model) -> None:
+    """config.json, result.json, updates.safetensors and, when ``saved_model`` = (model, tok,
+    session), the edited model in ``model/``."""
+    from safetensors.torch import save_file
+
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / "result.json").write_text(json.dumps(edits, indent=2) + "\n")
+    save_file(tensors, str(folder / "updates.safetensors"))
+    if saved_model:
+        from .models.loading import save_model
+
+        model, tok, _ = saved_model
+        save_model(model, tok, folder / "model")
 
 
 def cmd_stats(args) -> int:

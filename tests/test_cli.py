@@ -62,3 +62,46 @@ def test_stats_then_edit(tmp_path, saved_model, capsys):
     name = "transformer.h.1.mlp.c_proj.weight"
     assert not torch.equal(edited.get_parameter(name), base.get_parameter(name))
     assert torch.equal(edited.get_parameter("transformer.h.0.mlp.c_proj.weight"), base.get_parameter("transformer.h.0.mlp.c_proj.weight"))
+
+
+def test_edit_replaces_its_output_folder_only_when_every_batch_succeeded(tmp_path, saved_model, monkeypatch):
+    """A failed batch leaves an earlier output folder exactly as it was (config.json included); a
+    successful run replaces it whole; a folder holding other files is refused before any edit."""
+    from fastedit.engine import EditFailedError, EditSession
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("The cat sat on the mat and the dog sat on the log. " * 30)
+    hp = {"layers": [1], "v_num_grad_steps": 2, "v_loss_layer": 3, "mom2_update_weight": 10.0, "mom2_n_samples": 1}
+    (tmp_path / "hp.json").write_text(json.dumps(hp))
+    reqs = [{"case_id": i, "prompt": "{} plays the sport of", "subject": "LeBron James", "target_new": t}
+            for i, t in enumerate(["football", "tennis"])]
+    (tmp_path / "reqs.json").write_text(json.dumps(reqs))
+    out = tmp_path / "out"
+
+    def edit(seed):
+        return main(["edit", "--model", str(saved_model), "--requests", str(tmp_path / "reqs.json"), "--hparams",
+                     str(tmp_path / "hp.json"), "--stats-dir", str(tmp_path / "stats"), "--stats-source", str(text),
+                     "--out", str(out), "--device", "cpu", "--batch-size", "1", "--seed", str(seed)])
+
+    assert edit(seed=0) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = EditSession.apply, {"n": 0}
+
+    def failing(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise EditFailedError("injected in the second batch")
+        return real(self, batch)
+
+    monkeypatch.setattr(EditSession, "apply", failing)
+    with pytest.raises(EditFailedError, match="injected"):
+        edit(seed=1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.setattr(EditSession, "apply", real)
+    assert edit(seed=1) == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        edit(seed=2)
+    assert (out / "notes.txt").read_text() == "mine"

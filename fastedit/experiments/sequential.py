@@ -187,14 +187,7 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "config.json"
-    if cfg_path.exists():
-        # the same run may be resumed, or extended to more edits; anything else is another run
-        # options added after a run was started take their defaults
-        saved = {**json.loads(json.dumps(RunConfig().to_dict())), **json.loads(cfg_path.read_text())["run"]}
-        now = json.loads(json.dumps(cfg.to_dict()))
-        diff = sorted(k for k in set(saved) | set(now) if k != "edits" and saved.get(k) != now.get(k))
-        if diff:
-            raise ValueError(f"{out} holds a run with a different configuration (differs in {diff}); use another --out")
+    _check_same_run(cfg, out)
     from .reporting import make_reporter, require_reporter
 
     require_reporter(report_to)  # a missing tracker package fails before the model is loaded
@@ -209,21 +202,8 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
     batches = [reqs[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(cfg.edits)]
     stats_source = cfg.stats_source or default_stats_source()
     stats_dir = cfg.stats_dir or str(cache_dir() / "stats")
-    from ..models.adapters import get_adapter
-
-    max_len = min(cfg.stats_max_len or 10**9, get_adapter(model).max_positions(model))
-    session_opts = dict(stats_dir=stats_dir, stats_source=stats_source, stats_max_len=max_len, progress=False)
-
-    session_dir = out / "session"
-    if not (session_dir / "session.json").exists() and (out / "session.old" / "session.json").exists():
-        (out / "session.old").rename(session_dir)  # killed between the two renames of _save_session
-    if (session_dir / "session.json").exists():
-        session = EditSession.load(session_dir, model, tok, **session_opts)
-        done = len(session.journal)
-        log.info("resuming %s after %d edits", out, done)
-    else:
-        session = EditSession(model, tok, cfg.method, cfg.hparams or cfg.model, mode=cfg.mode, seed=cfg.seed, **session_opts)
-        done = 0
+    session = _open_session(cfg, out, model, tok, stats_source, stats_dir)
+    done = len(session.journal)
     runtime = {"device_map": device_map, "report_to": report_to or "none", "profile": str(profile) if profile else None}
     _write_atomic(cfg_path, json.dumps({"run": cfg.to_dict(), "hparams": session.hp.to_dict(), "stats_source": str(stats_source),
                                         "stats_dir": str(stats_dir), "runtime": runtime}, indent=2) + "\n")
@@ -311,18 +291,38 @@ def _log_checkpoint(out: Path, ckpt_log: list[dict], point: dict, reporter) -> N
 
 
 def _save_session(session: EditSession, out: Path) -> None:
-    """Replace ``out/session`` with the current state as a whole: written beside it, then swapped in by
-    renames, so a kill at any moment leaves one complete session (``session`` or ``session.old``)."""
-    import shutil
+    """Checkpoint the session into ``out/session``: each save writes only what changed since the last
+    one and swaps it in with one rename, so a kill at any moment leaves one complete session."""
+    session.save(out / "session")
 
-    new, cur, old = out / "session.new", out / "session", out / "session.old"
-    shutil.rmtree(new, ignore_errors=True)
-    session.save(new)
-    shutil.rmtree(old, ignore_errors=True)
-    if cur.exists():
-        cur.rename(old)
-    new.rename(cur)
-    shutil.rmtree(old, ignore_errors=True)
+
+def _check_same_run(cfg: RunConfig, out: Path) -> None:
+    """``out`` may hold the same run, to resume or extend to more edits; anything else is another run.
+    Options added after a run was started take their defaults."""
+    cfg_path = out / "config.json"
+    if not cfg_path.exists():
+        return
+    saved = {**json.loads(json.dumps(RunConfig().to_dict())), **json.loads(cfg_path.read_text())["run"]}
+    now = json.loads(json.dumps(cfg.to_dict()))
+    diff = sorted(k for k in set(saved) | set(now) if k != "edits" and saved.get(k) != now.get(k))
+    if diff:
+        raise ValueError(f"{out} holds a run with a different configuration (differs in {diff}); use another --out")
+
+
+def _open_session(cfg: RunConfig, out: Path, model, tok, stats_source, stats_dir) -> EditSession:
+    """The run's session: restored from ``out/session`` when the run is resumed, else a new one."""
+    from ..models.adapters import get_adapter
+
+    max_len = min(cfg.stats_max_len or 10**9, get_adapter(model).max_positions(model))
+    session_opts = dict(stats_dir=stats_dir, stats_source=stats_source, stats_max_len=max_len, progress=False)
+    session_dir = out / "session"
+    if not (session_dir / "session.json").exists() and (out / "session.old" / "session.json").exists():
+        (out / "session.old").rename(session_dir)  # a run of an earlier version killed while it swapped folders
+    if (session_dir / "session.json").exists():
+        session = EditSession.load(session_dir, model, tok, **session_opts)
+        log.info("resuming %s after %d edits", out, len(session.journal))
+        return session
+    return EditSession(model, tok, cfg.method, cfg.hparams or cfg.model, mode=cfg.mode, seed=cfg.seed, **session_opts)
 
 
 def _checkpoint(cfg, session, scorer, edited, n_done, base, edit_log, data_dir, now, seconds) -> dict:

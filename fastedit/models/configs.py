@@ -16,6 +16,9 @@ ARCHITECTURES = ("gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2")
 # The shapes of the models the references were tuned on.
 FULL_SIZES = {
     "gpt2-xl": ("gpt2", dict(n_embd=1600, n_layer=48, n_head=25, n_positions=1024, vocab_size=50257)),
+    # GPT-2 XL's depth and vocabulary at width 16: the per-edit machinery (48 layers, its preset's
+    # layers and steps) at a CPU-sized cost, for runs of thousands of edits
+    "gpt2-xl-narrow": ("gpt2", dict(n_embd=16, n_layer=48, n_head=2, n_positions=1024, vocab_size=50257)),
     "gpt-j-6b": (
         "gptj",
         dict(n_embd=4096, n_layer=28, n_head=16, rotary_dim=64, n_positions=2048, vocab_size=50400),

@@ -99,7 +99,8 @@ def test_killed_run_resumes_to_the_same_results(setup, shared_data, tmp_path, to
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for name in ("edits.jsonl", "checkpoints.jsonl"):
         assert strip_timing(read_jsonl(broken / name)) == strip_timing(read_jsonl(whole / name)), name
-    a, b = load_file(str(whole / "session" / "weights.safetensors")), load_file(str(broken / "session" / "weights.safetensors"))
+    a, b = (load_file(str(run / "session" / json.loads((run / "session" / "session.json").read_text())["files"]["weights"]))
+            for run in (whole, broken))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     sa = json.loads((whole / "summary.json").read_text())
     sb = json.loads((broken / "summary.json").read_text())

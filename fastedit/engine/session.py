@@ -3,50 +3,41 @@
 A session owns the model's method state: the hyperparameters, the context templates (sampled once,
 at the first edit, from the model as it is then, or supplied), the second-moment statistics and what
 is derived from them (ROME's C⁻¹, MEMIT's Cholesky factor of λC per layer, on the layer's device),
-compensation buffers for low-precision weights, and a journal of every applied edit as its low-rank
-factors with its requests. Each :meth:`EditSession.apply` edits the model in place and returns an
-:class:`EditResult`.
-
-* **Modes.** ``"exact"`` (default) reproduces the reference updates. ``"fast"`` switches on the
-  options of :class:`FastOptions` (each can also be set by name in either mode).
-* **Transactions.** If an edit fails anywhere (an exception, a failed solve, a non-finite update,
-  Ctrl-C) the edited weights are put back exactly as they were before it.
-* **Journal.** :meth:`undo` removes one edit exactly (the weights become the original weights plus
-  the float64 sum of the remaining edits' updates); :meth:`save` / :meth:`load` store and restore a
-  session (safetensors and JSON, no pickle); :meth:`export_pack` writes the edits as a small edit
-  pack that :func:`apply_edit_pack` applies to the base model.
+compensation buffers for low-precision weights, and the journal of applied edits
+(:mod:`fastedit.engine.journal`). Each :meth:`EditSession.apply` edits the model in place, as a
+transaction, and returns an :class:`EditResult`; the session keeps no result.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+import uuid
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from . import ops
-from .hparams import HyperParams, HyperParamsError, load_hparams
-from .methods.base import LowRankUpdate, MethodOutput, apply_update
-from .methods.memit import WoodburySolver, memit_updates
-from .methods.rome import rome_updates
-from .methods.templates import memit_templates, rome_templates
-from .models.adapters import get_adapter, get_module
-from .models.precision import LowPrecisionWeights, cpu_has_native_bf16
-from .profiling import PhaseTimer, region
-from .requests import EditRequest, as_requests
-from .stats.cache import model_fingerprint
-from .stats.store import SecondMomentStore
+from .. import ops
+from ..hparams import HyperParams, HyperParamsError, load_hparams
+from ..methods.base import LowRankUpdate, MethodOutput, apply_update
+from ..methods.memit import WoodburySolver, memit_updates
+from ..methods.rome import rome_updates
+from ..methods.templates import memit_templates, rome_templates
+from ..models.adapters import get_adapter, get_module
+from ..models.precision import LowPrecisionWeights, cpu_has_native_bf16
+from ..profiling import PhaseTimer, region
+from ..requests import EditRequest, as_requests
+from ..stats.cache import model_fingerprint
+from ..stats.store import SecondMomentStore
+from . import pack, store
+from .backup import WeightBackup, restoring
+from .journal import Journal
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EditSession", "EditResult", "EditFailedError", "FastOptions", "apply_edit_pack", "SESSION_FORMAT"]
-
-SESSION_FORMAT = "fastedit-session/1"
-PACK_FORMAT = "fastedit-edit-pack/1"
+__all__ = ["EditSession", "EditResult", "EditFailedError", "FastOptions"]
 
 
 class EditFailedError(RuntimeError):
@@ -120,17 +111,6 @@ class EditResult:
         return f"{self.method} edit #{self.edit_id} of {len(self.ids)} request(s) in {self.times.get('total', 0):.2f} s; ‖ΔW‖ {norms}"
 
 
-@dataclass
-class JournalEntry:
-    """One applied edit: its requests and its updates as factors (on the CPU)."""
-
-    edit_id: int
-    requests: list[EditRequest]
-    updates: list[LowRankUpdate]
-    active: bool = True
-    times: dict[str, float] = field(default_factory=dict)
-
-
 class EditSession:
     """Edits one model again and again.
 
@@ -187,9 +167,9 @@ class EditSession:
         self._base: dict[str, torch.Tensor] = {}  # original edited weights, on the CPU
         self._comp: dict[str, torch.Tensor] = {}  # compensation buffers of low-precision weights
         self._low_precision: LowPrecisionWeights | None = None  # bf16 weight copies (fast mode, CPU)
-        self.journal: list[JournalEntry] = []
-        self._next_id = 0
-        self.history: list[EditResult] = []
+        self.journal = Journal()
+        self._session_id = uuid.uuid4().hex  # names this session in its saved folders
+        self._disk: store.DiskState | None = None  # the folder of the last save or load
 
     # ------------------------------------------------------------------ templates and statistics
     @property
@@ -227,9 +207,21 @@ class EditSession:
         return self._woodbury
 
     # ------------------------------------------------------------------ weights
+    @property
+    def rewrite_module_tmp(self) -> str:
+        """The edited module's name template, ``{}`` for the layer."""
+        return self.hp.rewrite_module_tmp or self.adapter.rewrite_module_tmp
+
     def edited_weights(self) -> dict[str, torch.nn.Parameter]:
-        tmp = self.hp.rewrite_module_tmp or self.adapter.rewrite_module_tmp
+        """Weight name → parameter of every weight the method edits, in the order of ``hp.layers``."""
+        tmp = self.rewrite_module_tmp
         return {f"{tmp.format(l)}.weight": get_module(self.model, tmp.format(l)).weight for l in self.hp.layers}
+
+    def _edit_state(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """The tensors an edit changes in place: the edited weights (``names`` of them, default all)
+        and their compensation buffers."""
+        weights = {n: w for n, w in self.edited_weights().items() if names is None or n in names}
+        return {**weights, **{f"compensation/{n}": c for n, c in self._comp.items() if n in weights}}
 
     def _remember_base(self) -> None:
         for name, w in self.edited_weights().items():
@@ -263,72 +255,50 @@ class EditSession:
     def apply(self, requests: Iterable[EditRequest | Mapping] | EditRequest | Mapping) -> EditResult:
         """Edit the model with ``requests``: ROME-family methods one request after another (one journal
         entry for the call), MEMIT as one batch. Raises :class:`EditFailedError`, with the model
-        unchanged, when the edit cannot be made."""
+        unchanged, when the edit cannot be made (Ctrl-C also restores it, and is re-raised)."""
         reqs = as_requests(requests)
         for r in reqs:
             r.check_tokens(self.tok)
         self._remember_base()
         weights = self.edited_weights()
-        backup = {k: w.detach().clone() for k, w in weights.items()}
-        comp_backup = {k: c.clone() for k, c in self._comp.items()}
         t0 = time.perf_counter()
         try:
-            with PhaseTimer() as timer:
-                if self.method in ("rome", "r-rome"):
-                    outs = [self._rome(r) for r in reqs]
-                    out = MethodOutput(
-                        [u for o in outs for u in o.updates],
-                        {"target": [t for o in outs for t in o.info["target"]]},
-                    )
-                else:
-                    out = self._memit(reqs)
-            for name, w in weights.items():
-                if not torch.isfinite(w).all():
-                    raise EditFailedError(f"the edit made {name} non-finite")
+            with restoring(self._edit_state()) as backup:
+                with PhaseTimer() as timer:
+                    out = self._run_method(reqs)
+                for name, w in weights.items():
+                    if not torch.isfinite(w).all():
+                        raise EditFailedError(f"the edit made {name} non-finite")
+                norms = {k: float((w.detach().double() - backup.original(k).double()).norm()) for k, w in weights.items()}
+                times = {**timer.as_dict(), "total": time.perf_counter() - t0}
+                # last, so that an edit that fails anywhere leaves no journal entry
+                entry = self.journal.record(reqs, out.updates, {k: w.dtype for k, w in weights.items()}, times)
+        except (EditFailedError, KeyboardInterrupt):
+            raise
         except BaseException as e:
-            with torch.no_grad():
-                for k, w in weights.items():
-                    w.copy_(backup[k])
-                for k, c in self._comp.items():
-                    c.copy_(comp_backup[k])
-            if isinstance(e, (EditFailedError, KeyboardInterrupt)):
-                raise
             raise EditFailedError(f"edit of {[r.name for r in reqs]} failed, model restored: {e}") from e
-        times = timer.as_dict()
-        times["total"] = time.perf_counter() - t0
-        norms = {k: float((w.detach().double() - backup[k].double()).norm()) for k, w in weights.items()}
-        curves = []
-        for t in out.info.get("target", []):
-            for j in range(t.losses.shape[1] if t.losses.ndim == 2 else 0):
-                col = t.losses[:, j]
-                curves.append([float(x) for x in col[~torch.isnan(col)]])
-        edit_id = self._next_id
-        self._next_id += 1
-        cpu_updates = [
-            LowRankUpdate(u.weight_name, u.layer, u.keys_side.detach().cpu(), u.values_side.detach().cpu())
-            for u in out.updates
-        ]
-        self.journal.append(JournalEntry(edit_id, reqs, cpu_updates, True, times))
-        result = EditResult(
-            edit_id=edit_id,
+        return EditResult(
+            edit_id=entry.edit_id,
             ids=[r.case_id for r in reqs],
             method=self.method,
             updates=out.updates,
             update_norms=norms,
             times=times,
-            loss_curves=curves,
+            loss_curves=_loss_curves(out),
             info={k: v for k, v in out.info.items() if k not in ("target", "z")},
         )
-        self.history.append(result)
-        return result
+
+    def _run_method(self, reqs: list[EditRequest]) -> MethodOutput:
+        if self.method in ("rome", "r-rome"):
+            outs = [self._rome(r) for r in reqs]
+            return MethodOutput([u for o in outs for u in o.updates], {"target": [t for o in outs for t in o.info["target"]]})
+        return self._memit(reqs)
 
     def compute(self, requests, precomputed_z: dict[int, torch.Tensor] | None = None) -> MethodOutput:
         """The updates ``apply`` would make, leaving the model as it was (the reference's
         ``execute_*`` contract). MEMIT: ``precomputed_z`` maps request index → z computed earlier."""
         reqs = as_requests(requests)
-        weights = self.edited_weights()
-        backup = {k: w.detach().clone() for k, w in weights.items()}
-        comp_backup = {k: c.clone() for k, c in self._comp.items()}
+        backup = WeightBackup(self._edit_state())
         try:
             if self.method in ("rome", "r-rome"):
                 if len(reqs) != 1:
@@ -336,11 +306,7 @@ class EditSession:
                 return self._rome(reqs[0])
             return self._memit(reqs, precomputed_z)
         finally:
-            with torch.no_grad():
-                for k, w in weights.items():
-                    w.copy_(backup[k])
-                for k, c in self._comp.items():
-                    c.copy_(comp_backup[k])
+            backup.restore()
 
     def _target_options(self) -> dict:
         opts = {}
@@ -378,158 +344,66 @@ class EditSession:
         )
 
     # ------------------------------------------------------------------ journal
-    def _entry(self, edit_id: int) -> JournalEntry:
-        for e in self.journal:
-            if e.edit_id == edit_id:
-                return e
-        raise KeyError(f"no edit #{edit_id} in this session's journal")
-
     def undo(self, edit_id: int) -> None:
-        """Remove edit ``edit_id``: every edited weight becomes its original value plus the float64
-        sum of the updates of the edits still active, rounded once to the weight's dtype."""
-        entry = self._entry(edit_id)
+        """Remove edit ``edit_id``: every weight it changed becomes its original value plus the float64
+        sum of the journaled updates of the edits still active, rounded once to the weight's dtype."""
+        entry = self.journal.entry(edit_id)
         if not entry.active:
             raise ValueError(f"edit #{edit_id} was already undone")
-        entry.active = False
-        self._rebuild({u.weight_name for u in entry.updates})
-
-    def _rebuild(self, names: set[str]) -> None:
-        weights = self.edited_weights()
-        with torch.no_grad():
-            for name in names:
-                w = weights[name]
-                total = self._active_sum(name, w)  # float64, on w's device
-                w.copy_(total.to(w.dtype))
-                if name in self._comp:
-                    self._comp[name].copy_((total - w.double()).to(self._comp[name].dtype))
+        names = {u.weight_name for u in entry.updates}
+        weights = {n: w for n, w in self.edited_weights().items() if n in names}
+        with restoring(self._edit_state(names)), torch.no_grad():
+            entry.active = False
+            try:
+                for name, w in weights.items():
+                    total = self._active_sum(name, w)  # float64, on w's device
+                    w.copy_(total.to(w.dtype))
+                    if name in self._comp:
+                        self._comp[name].copy_((total - w.double()).to(self._comp[name].dtype))
+            except BaseException:
+                entry.active = True
+                raise
 
     def _active_sum(self, name: str, w: torch.Tensor) -> torch.Tensor:
         """Original weight + Σ of the active edits' ΔW for ``name``, in float64 on w's device."""
         total = self._base[name].to(device=w.device, dtype=torch.float64, copy=True)
-        ks = [u.keys_side for e in self.journal if e.active for u in e.updates if u.weight_name == name]
-        vs = [u.values_side for e in self.journal if e.active for u in e.updates if u.weight_name == name]
-        if ks:
-            k = torch.cat(ks, 1).to(device=w.device, dtype=torch.float64)
-            v = torch.cat(vs, 1).to(device=w.device, dtype=torch.float64)
-            total += self.adapter.delta_to_weight(k @ v.T, w)
+        delta = self.journal.active_delta(name, w.device)
+        if delta is not None:
+            total += self.adapter.delta_to_weight(delta, w)
         return total
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Write the session to folder ``path``: ``session.json`` (method, mode, hparams, templates,
-        journal requests) and safetensors files with the journal's factors, the current edited
-        weights (bit for bit), their originals and any compensation buffers. No pickle."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        factors, journal = {}, []
-        for e in self.journal:
-            for j, u in enumerate(e.updates):
-                factors[f"{e.edit_id}/{j}/keys"] = u.keys_side.contiguous()
-                factors[f"{e.edit_id}/{j}/values"] = u.values_side.contiguous()
-            journal.append({
-                "edit_id": e.edit_id,
-                "active": e.active,
-                "requests": [_request_record(r) for r in e.requests],
-                "updates": [{"weight": u.weight_name, "layer": u.layer} for u in e.updates],
-                "times": e.times,
-            })
-        state = {
-            "format": SESSION_FORMAT,
-            "method": self.method,
-            "mode": self.mode,
-            "options": asdict(self.options),
-            "solver": self.solver_kind,
-            "hparams": self.hp.to_dict(),
-            "templates": self._templates,
-            "seed": self.seed,
-            "model": str(self.model.config._name_or_path),
-            "model_fingerprint": model_fingerprint(self.model),
-            "next_id": self._next_id,
-            "journal": journal,
-        }
-        # Written next to their final names and renamed, so an interrupted save leaves the last one whole.
-        _atomic_safetensors(path / "journal.safetensors", factors)
-        weights = {n: w.detach().cpu().contiguous() for n, w in self.edited_weights().items()}
-        weights.update({f"compensation/{n}": c.cpu().contiguous() for n, c in self._comp.items()})
-        _atomic_safetensors(path / "weights.safetensors", weights)
-        _atomic_safetensors(path / "base.safetensors", {n: b.contiguous() for n, b in self._base.items()})
-        tmp = path / "session.json.tmp"
-        tmp.write_text(json.dumps(state, indent=1) + "\n")
-        tmp.replace(path / "session.json")
-        return path
+        """Write the session to folder ``path`` (:mod:`fastedit.engine.store`): the configuration, the
+        journal, the current edited weights bit for bit, their originals and any compensation
+        buffers; safetensors and JSON, no pickle. Saving again into the folder of this session's last
+        save or load writes only what changed since; an interrupted save leaves the previous one whole."""
+        return store.save_session(self, path)
 
     @classmethod
     def load(cls, path: str | Path, model, tok, **session_options) -> "EditSession":
         """Restore a session saved with :meth:`save` onto ``model``, which must be the session's base
-        model (unedited): its edited weights are checked against the saved originals, then set to the
-        saved edited weights bit for bit. ``session_options`` (``stats_dir``, ``stats_source``, ...)
-        go to the constructor."""
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        state = json.loads((path / "session.json").read_text())
-        if state.get("format") != SESSION_FORMAT:
-            raise ValueError(f"{path}: not a fastedit session (format {state.get('format')!r})")
+        model (unedited). Everything is read and checked first (format, fingerprint, names, shapes,
+        dtypes, finite values, the originals against the model); then the edited weights are set to
+        the saved ones bit for bit, and put back if that fails. ``session_options`` (``stats_dir``,
+        ``stats_source``, ...) go to the constructor."""
+        saved = store.read_session(path)
         fp = model_fingerprint(model)
-        if state["model_fingerprint"] != fp:
+        if saved.manifest["model_fingerprint"] != fp:
             raise ValueError(
-                f"{path}: the session was saved for model {state['model']!r} ({state['model_fingerprint']}), "
-                f"not this one ({fp})"
+                f"{path}: the session was saved for model {saved.manifest.get('model')!r} "
+                f"({saved.manifest['model_fingerprint']}), not this one ({fp})"
             )
-        sess = cls(
-            model, tok, state["method"], state["hparams"], mode=state["mode"],
-            options={k: v for k, v in state["options"].items()}, templates=state["templates"],
-            seed=state["seed"], solver=state.get("solver", "cholesky"), **session_options,
-        )
-        base = load_file(str(path / "base.safetensors"))
-        weights = load_file(str(path / "weights.safetensors"))
-        factors = load_file(str(path / "journal.safetensors"))
-        current = sess.edited_weights()
-        with torch.no_grad():
-            for name, w in current.items():
-                if name in base and not torch.equal(w.detach().cpu(), base[name]):
-                    raise ValueError(f"{path}: {name} of this model differs from the session's original weights")
-            for name, w in current.items():
-                if name in weights:
-                    w.copy_(weights[name].to(w.device))
-        sess._base = {n: b for n, b in base.items()}
-        sess._comp = {
-            n[len("compensation/"):]: t.to(current[n[len("compensation/"):]].device)
-            for n, t in weights.items()
-            if n.startswith("compensation/")
-        }
-        for e in state["journal"]:
-            updates = [
-                LowRankUpdate(u["weight"], u["layer"], factors[f"{e['edit_id']}/{j}/keys"], factors[f"{e['edit_id']}/{j}/values"])
-                for j, u in enumerate(e["updates"])
-            ]
-            reqs = [EditRequest.from_dict(r) for r in e["requests"]]
-            sess.journal.append(JournalEntry(e["edit_id"], reqs, updates, e["active"], e.get("times", {})))
-        sess._next_id = state["next_id"]
+        sess = cls(model, tok, **saved.session_arguments(), **session_options)
+        store.check_saved(saved, sess)
+        store.restore(saved, sess)
         return sess
 
     def export_pack(self, path: str | Path) -> Path:
         """Write the active edits as an edit pack: per edited weight, the concatenated factors
         (keys (d_ff, R), values (d_model, R), float32) with the model's fingerprint. Applied to the
-        base model by :func:`apply_edit_pack`."""
-        tensors, meta = {}, {}
-        for name in self.edited_weights():
-            ks = [u.keys_side for e in self.journal if e.active for u in e.updates if u.weight_name == name]
-            vs = [u.values_side for e in self.journal if e.active for u in e.updates if u.weight_name == name]
-            if ks:
-                tensors[f"{name}/keys"] = torch.cat(ks, 1).float().contiguous()
-                tensors[f"{name}/values"] = torch.cat(vs, 1).float().contiguous()
-        meta = {
-            "format": PACK_FORMAT,
-            "method": self.method,
-            "model": str(self.model.config._name_or_path),
-            "model_fingerprint": model_fingerprint(self.model),
-            "edits": json.dumps([e.edit_id for e in self.journal if e.active]),
-            "weight_layout": "in_out" if self.adapter.weight_is_in_out else "out_in",
-        }
-        path = Path(path)
-        _atomic_safetensors(path, tensors, meta)
-        return path
+        base model by :func:`~fastedit.engine.apply_edit_pack`."""
+        return pack.export_pack(self, path)
 
     # ------------------------------------------------------------------ checks
     def _validate_hparams(self) -> None:
@@ -553,48 +427,14 @@ class EditSession:
                 raise HyperParamsError(f"{attr} {name!r} does not name a module of this model: {e}") from None
 
 
-def apply_edit_pack(model, path: str | Path) -> list[str]:
-    """Apply an edit pack written by :meth:`EditSession.export_pack` to ``model`` (its base model):
-    W += keys @ valuesᵀ in float64, rounded once to W's dtype. Returns the edited weight names."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get("format") != PACK_FORMAT:
-        raise ValueError(f"{path}: not a fastedit edit pack")
-    fp = model_fingerprint(model)
-    if meta.get("model_fingerprint") != fp:
-        raise ValueError(f"{path}: the pack was made for model {meta.get('model')!r}, not this one")
-    adapter = get_adapter(model)
-    names = sorted({k.rsplit("/", 1)[0] for k in tensors})
-    with torch.no_grad():
-        for name in names:
-            w = get_module(model, name.rsplit(".", 1)[0]).weight
-            k = tensors[f"{name}/keys"].to(device=w.device, dtype=torch.float64)
-            v = tensors[f"{name}/values"].to(device=w.device, dtype=torch.float64)
-            w.copy_((w.double() + adapter.delta_to_weight(k @ v.T, w)).to(w.dtype))
-    return names
-
-
-def _atomic_safetensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
-
-
-def _request_record(r: EditRequest) -> dict:
-    out = r.to_reference_dict()
-    if r.paraphrase_prompts:
-        out["paraphrase_prompts"] = list(r.paraphrase_prompts)
-    if r.neighborhood_prompts:
-        out["neighborhood_prompts"] = list(r.neighborhood_prompts)
-    if r.neighborhood_answer:
-        out["neighborhood_answer"] = r.neighborhood_answer
-    return out
+def _loss_curves(out: MethodOutput) -> list[list[float]]:
+    """Per request, the total loss at each iteration of its target optimisation."""
+    curves = []
+    for t in out.info.get("target", []):
+        for j in range(t.losses.shape[1] if t.losses.ndim == 2 else 0):
+            col = t.losses[:, j]
+            curves.append([float(x) for x in col[~torch.isnan(col)]])
+    return curves
 
 
 def _default_preset(model) -> str:

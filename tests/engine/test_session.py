@@ -1,42 +1,19 @@
-"""EditSession: results, modes, transactions, journal (undo, save/load, edit packs)."""
+"""EditSession: results, modes, transactions, fast options, bad inputs, dispatched models."""
 
-import copy
+import importlib
 
 import pytest
 import torch
 
-from fastedit.engine import EditFailedError, EditSession, FastOptions, apply_edit_pack
+from fastedit.engine import EditFailedError, EditSession, FastOptions
 from fastedit.hparams import HyperParamsError
 from fastedit.methods import memit as memit_mod
 from fastedit.methods.target import compute_target_values
 from fastedit.models import get_adapter, random_model
 from textdata import write_stats_corpus
 from fastedit.requests import RequestError
-from fastedit.stats.store import SecondMomentStore
 
-REQS = [
-    {"case_id": 5, "prompt": "{} plays the sport of", "subject": "LeBron James", "target_new": "football"},
-    {"case_id": 6, "prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English"},
-    {"case_id": 7, "prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target_new": "Rome"},
-]
-GROUPS = [["{}"], ["The weather was cold. {}"]]
-HP = {"layers": [1, 2], "v_num_grad_steps": 4, "v_loss_layer": 3, "mom2_update_weight": 10.0, "mom2_n_samples": 6}
-
-
-@pytest.fixture()
-def corpus(tmp_path):
-    return write_stats_corpus(tmp_path / "t.jsonl")
-
-
-def make(gpt2_tok, tmp_path, corpus, dtype=torch.float32, model=None, **kw):
-    model = model if model is not None else random_model("gpt2", dtype=dtype)
-    kw.setdefault("templates", GROUPS)
-    return EditSession(model, gpt2_tok, "memit", HP, stats_dir=tmp_path / "stats",
-                       stats_source=str(corpus), progress=False, **kw)
-
-
-def weights(sess):
-    return {k: w.detach().clone() for k, w in sess.edited_weights().items()}
+from .helpers import HP, REQS, make, weights
 
 
 def test_result(gpt2_tok, tmp_path, corpus):
@@ -48,7 +25,7 @@ def test_result(gpt2_tok, tmp_path, corpus):
         assert res.times[phase] > 0, phase
     assert len(res.loss_curves) == 1 and len(res.loss_curves[0]) >= 1
     assert [u.rank for u in res.updates] == [1, 1]
-    assert sess.history == [res] and sess.journal[0].edit_id == 0
+    assert sess.journal[0].edit_id == 0 and not hasattr(sess, "history")  # results belong to the caller
     assert sess.apply(REQS[1]).edit_id == 1
 
 
@@ -64,12 +41,12 @@ def test_lu_and_cholesky_solvers_agree(gpt2_tok, tmp_path, corpus):
 
 
 PHASES = {
-    "templates": ("fastedit.engine.memit_templates", None),
+    "templates": ("fastedit.engine.session.memit_templates", None),
     "statistics": ("fastedit.stats.store.SecondMomentStore.ensure", None),
     "target": ("fastedit.methods.memit.compute_target_values", None),
     "keys": ("fastedit.methods.memit.MemitKeyReader.read", 2),
     "solve": ("fastedit.methods.memit.WoodburySolver.__call__", 2),
-    "apply": ("fastedit.engine.EditSession._apply_update", 2),
+    "apply": ("fastedit.engine.session.EditSession._apply_update", 2),
 }
 
 
@@ -84,8 +61,6 @@ def test_failure_anywhere_restores_the_model(phase, error, gpt2_tok, tmp_path, c
     before = weights(sess)
     target, fail_on = PHASES[phase]
     mod_name, attr = target.rsplit(".", 1)
-    import importlib
-
     try:
         owner = importlib.import_module(mod_name)
     except ModuleNotFoundError:
@@ -118,69 +93,6 @@ def test_non_finite_update_is_refused(gpt2_tok, tmp_path, corpus, monkeypatch):
         sess.apply(REQS[0])
     for k, w in sess.edited_weights().items():
         assert torch.equal(w, before[k])
-
-
-def test_undo_is_exact(gpt2_tok, tmp_path, corpus):
-    """Undoing the middle edit leaves the original weights plus the other two edits' updates."""
-    sess = make(gpt2_tok, tmp_path, corpus, dtype=torch.float64)
-    base = weights(sess)
-    results = [sess.apply(r) for r in REQS]
-    sess.undo(results[1].edit_id)
-    ad = get_adapter(sess.model)
-    for k, w in sess.edited_weights().items():
-        want = base[k].clone()
-        for res in (results[0], results[2]):
-            for u in res.updates:
-                if u.weight_name == k:
-                    want += u.dense(ad, w).double()
-        assert torch.allclose(w, want, rtol=0, atol=1e-12), k
-    with pytest.raises(ValueError, match="already undone"):
-        sess.undo(results[1].edit_id)
-    with pytest.raises(KeyError, match="no edit #9"):
-        sess.undo(9)
-    for res in (results[0], results[2]):
-        sess.undo(res.edit_id)
-    for k, w in sess.edited_weights().items():
-        assert torch.allclose(w, base[k], rtol=0, atol=1e-13)
-
-
-def test_save_load_continues_identically(gpt2_tok, tmp_path, corpus):
-    model = random_model("gpt2")
-    twin = copy.deepcopy(model)
-    sess = make(gpt2_tok, tmp_path, corpus, model=model)
-    sess.apply(REQS[0])
-    sess.apply(REQS[1])
-    sess.undo(0)
-    sess.save(tmp_path / "session")
-    loaded = EditSession.load(tmp_path / "session", twin, gpt2_tok, stats_dir=tmp_path / "stats", progress=False)
-    for k, w in loaded.edited_weights().items():
-        assert torch.equal(w, sess.edited_weights()[k])
-    assert [e.active for e in loaded.journal] == [False, True]
-    assert loaded.journal[1].requests[0].case_id == 6
-    sess.apply(REQS[2])
-    loaded.apply(REQS[2])
-    for k, w in loaded.edited_weights().items():
-        assert torch.equal(w, sess.edited_weights()[k]), k
-    with pytest.raises(ValueError, match="differs from the session's original"):
-        EditSession.load(tmp_path / "session", model, gpt2_tok, stats_dir=tmp_path / "stats")
-    with pytest.raises(ValueError, match="not this one"):
-        EditSession.load(tmp_path / "session", random_model("gpt2", seed=3), gpt2_tok)
-
-
-def test_edit_pack(gpt2_tok, tmp_path, corpus):
-    model = random_model("gpt2")
-    base = copy.deepcopy(model)
-    sess = make(gpt2_tok, tmp_path, corpus, model=model)
-    sess.apply(REQS[0])
-    sess.apply(REQS[1])
-    pack = sess.export_pack(tmp_path / "edits.safetensors")
-    assert pack.stat().st_size < 20_000  # factors only
-    names = apply_edit_pack(base, pack)
-    assert names == sorted(sess.edited_weights())
-    for k, w in sess.edited_weights().items():
-        assert torch.allclose(base.get_parameter(k), w, atol=1e-6)
-    with pytest.raises(ValueError, match="not this one"):
-        apply_edit_pack(random_model("gpt2", seed=5), pack)
 
 
 def test_fast_options():
@@ -243,7 +155,7 @@ def test_bad_inputs(gpt2_tok, tmp_path, corpus):
 def test_low_precision_on_cpu(native, gpt2_tok, tmp_path, corpus, monkeypatch):
     """Fast mode's low_precision on a CPU uses bf16 weight copies only where the CPU has native bf16;
     the edit stays close to the float32 one and the unedited weights are untouched."""
-    import fastedit.engine as engine_mod
+    import fastedit.engine.session as engine_mod
 
     monkeypatch.setattr(engine_mod, "cpu_has_native_bf16", lambda: native)
     fast = make(gpt2_tok, tmp_path, corpus, mode="fast", options={"early_stop": False})
@@ -284,7 +196,7 @@ def test_failure_inside_the_bf16_optimisation_restores_every_weight(error, gpt2_
     """Fast mode on a CPU swaps bf16 copies into the upper layers during the optimisation: a failure
     in the middle of it (an exception or Ctrl-C in an Adam step) gives every parameter back its own
     float32 tensor, unchanged."""
-    import fastedit.engine as engine_mod
+    import fastedit.engine.session as engine_mod
     import fastedit.methods.target as target_mod
 
     monkeypatch.setattr(engine_mod, "cpu_has_native_bf16", lambda: True)
