@@ -15,7 +15,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["FasteditError", "InputError", "RunError", "UsageError", "PathEscapeError", "NumericalError", "safe_component", "confined"]
+__all__ = [
+    "FasteditError", "InputError", "RunError", "UsageError", "PathEscapeError", "NumericalError",
+    "safe_component", "confined",
+]
 
 
 class FasteditError(Exception):

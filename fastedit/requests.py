@@ -232,7 +232,8 @@ def as_requests(items: Iterable[EditRequest | Mapping[str, Any]] | EditRequest |
     for i, item in enumerate(items):
         req = item if isinstance(item, EditRequest) else EditRequest.from_dict(item, index=i)
         if req.changes_nothing:
-            raise RequestError(f"request #{i} ({req.name}): target_new {req.target_new!r} is the true target: nothing to edit")
+            rid = f"#{i}" if req.case_id in (None, i) else f"#{i} (case_id {req.case_id!r})"
+            raise RequestError(f"request {rid}: target_new {req.target_new!r} is the true target: nothing to edit")
         out.append(req)
     if not out:
         raise RequestError("no edit requests given")
