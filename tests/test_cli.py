@@ -69,9 +69,8 @@ def test_edit_replaces_its_output_folder_only_when_every_batch_succeeded(tmp_pat
     successful run replaces it whole; a folder holding other files is refused before any edit."""
     from fastedit.engine import EditFailedError, EditSession
 
-    text = tmp_path / "corpus.txt"
-    text.write_text("The cat sat on the mat and the dog sat on the log. " * 30)
-    hp = {"layers": [1], "v_num_grad_steps": 2, "v_loss_layer": 3, "mom2_update_weight": 10.0, "mom2_n_samples": 1}
+    text = write_stats_corpus(tmp_path / "corpus.jsonl")
+    hp = {"layers": [1], "v_num_grad_steps": 2, "v_loss_layer": 3, "mom2_update_weight": 10.0, "mom2_n_samples": 6}
     (tmp_path / "hp.json").write_text(json.dumps(hp))
     reqs = [{"case_id": i, "prompt": "{} plays the sport of", "subject": "LeBron James", "target_new": t}
             for i, t in enumerate(["football", "tennis"])]

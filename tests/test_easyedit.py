@@ -10,6 +10,7 @@ from fastedit.engine import EditSession
 from fastedit.hparams import HyperParamsError, load_hparams
 from fastedit.models import random_model
 from fastedit.requests import EditRequest
+from textdata import write_stats_corpus
 
 # The layout of EasyEdit's hparams/ROME/gpt2-xl.yaml (its values; `5e-1` is a string to YAML).
 ROME_YAML = """\
@@ -64,7 +65,7 @@ attn_module_tmp: "transformer.h.{{}}.attn"
 ln_f_module: "transformer.ln_f"
 lm_head_module: "transformer.wte"
 mom2_dataset: "wikipedia"
-mom2_n_samples: 1
+mom2_n_samples: 6
 mom2_dtype: "float32"
 model_parallel: false
 """
@@ -79,8 +80,7 @@ ROME_LAYER = "transformer.h.1.mlp.c_proj.weight"
 
 @pytest.fixture
 def stats_env(tmp_path, monkeypatch):
-    src = tmp_path / "t.txt"
-    src.write_text("The cat sat on the mat and the dog sat on the log. " * 20)
+    src = write_stats_corpus(tmp_path / "t.jsonl")
     monkeypatch.setenv("FASTEDIT_STATS_SOURCE", str(src))
     monkeypatch.delenv("FASTEDIT_STATS_DIR", raising=False)
     return tmp_path / "stats"

@@ -23,7 +23,7 @@ from .. import ops
 from ..hparams import HyperParams, HyperParamsError, load_hparams
 from ..methods.base import LowRankUpdate, MethodOutput, apply_update
 from ..methods.memit import WoodburySolver, memit_updates
-from ..methods.rome import rome_updates
+from ..methods.rome import checked_inverse, rome_updates
 from ..methods.templates import memit_templates, rome_templates
 from ..models.adapters import get_adapter, get_module
 from ..models.precision import LowPrecisionWeights, cpu_has_native_bf16
@@ -188,14 +188,11 @@ class EditSession:
 
     def inverse_second_moment(self, layer: int) -> torch.Tensor:
         """C⁻¹ for ROME, computed once per layer (float32 ``torch.inverse`` as the reference, or float64
-        when ``solve_dtype`` asks)."""
+        when ``solve_dtype`` asks), refused when C is singular to its precision (:func:`checked_inverse`)."""
         if layer not in self._inverse:
             c = self.stats.second_moment(layer)
             dtype = getattr(torch, self.hp.solve_dtype) if self.hp.solve_dtype else torch.float32
-            inv = torch.inverse(c.to(dtype))
-            if not torch.isfinite(inv).all():
-                raise EditFailedError(f"the second moment of layer {layer} is singular; cannot invert it")
-            self._inverse[layer] = inv
+            self._inverse[layer] = checked_inverse(c, dtype, layer)
         return self._inverse[layer]
 
     def _memit_solver(self):
