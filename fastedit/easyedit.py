@@ -137,8 +137,8 @@ def _finish_locality(metric: dict, request: Mapping) -> None:
             raise ValueError(f"locality {key!r}: {len(pre)} outputs before the edit, {len(post)} after")
         metric["post"]["locality"][f"{key}_acc"] = [float(np.mean(np.equal(a, b))) for a, b in zip(pre, post)]
         metric["post"].setdefault("metric_meta", {})[f"locality.{key}"] = {
-            "result_key": f"{key}_acc", "protocol": "decoder_only_teacher_forcing_agreement",
-            "scorer": "token_agreement", "comparable_group": "locality.decoder_only_teacher_forcing.token_agreement",
+            "result_key": f"locality.{key}_acc", "protocol": "pre_post_argmax_token_match",
+            "scorer": "token_match", "comparable_group": "locality.lm.pre_post_argmax_token_match",
         }
 
 

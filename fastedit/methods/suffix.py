@@ -25,8 +25,10 @@ __all__ = ["SuffixLayout", "supports_packing", "cache_keyword"]
 
 
 def supports_packing(model) -> bool:
-    """4D custom masks work with the eager and sdpa attention implementations."""
-    return getattr(model.config, "_attn_implementation", "eager") in ("eager", "sdpa")
+    """4D custom masks work with the eager and sdpa attention implementations, in models that take a
+    cache object (not GPT-2 before transformers 4.5x, which flattens the mask and wants tuples)."""
+    takes_cache = getattr(model, "_supports_cache_class", None) is not False
+    return takes_cache and getattr(model.config, "_attn_implementation", "eager") in ("eager", "sdpa")
 
 
 def cache_keyword(base_model) -> str:

@@ -37,6 +37,7 @@ from ..profiling import region
 from ..requests import EditRequest, RequestError
 from .keys import lookup_index, tokenize_batch
 from .suffix import SuffixLayout, supports_packing
+from ..stats.packing import mask_kind
 
 __all__ = ["TargetValues", "compute_target_values", "target_token_ids", "STOP_LOSS"]
 
@@ -263,7 +264,7 @@ def compute_target_values(
             with region("target/prefix"):
                 layout = SuffixLayout.build(
                     lengths, positions, hidden.shape[1], device, run_dtype,
-                    boolean_mask=model.config._attn_implementation == "sdpa",
+                    boolean_mask=mask_kind(model) == "bool",
                 )
                 flat = hidden.reshape(-1, hidden.shape[-1])
                 cache = layout.prefix_cache(adapter, model, flat.to(run_dtype), layer + 1)

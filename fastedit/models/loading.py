@@ -161,7 +161,17 @@ def load_tokenizer(name_or_path: str, revision: str | None = None):
     if str(name_or_path).lower() == "gpt2-tokenizer":
         return gpt2_tokenizer()
     path, _ = _resolve(name_or_path)
-    tok = AutoTokenizer.from_pretrained(path, **({"revision": revision} if revision else {}))
+    kwargs = {"revision": revision} if revision else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    except ValueError as e:
+        # A folder written by transformers 5 names its tokenizer class "TokenizersBackend", which 4.x
+        # does not know; its tokenizer.json reads the same through the generic fast tokenizer.
+        if "TokenizersBackend" not in str(e) or not (Path(path) / "tokenizer.json").exists():
+            raise
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast.from_pretrained(path, **kwargs)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

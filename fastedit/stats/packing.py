@@ -120,8 +120,12 @@ def mask_kind(model) -> str:
     """How a custom 4D mask must be given to this model's attention: ``"bool"`` (SDPA: True = attend)
     or ``"additive"`` (eager: 0 or the dtype's lowest value, added to the scores)."""
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
-    if impl == "sdpa":
+    if impl == "sdpa" and getattr(model, "_supports_sdpa", True):
         return "bool"
+    if impl == "sdpa":
+        # a family without SDPA in this transformers (GPT-J in 4.x) runs its eager attention, which
+        # adds the mask to the scores
+        return "additive"
     if impl == "eager":
         return "additive"
     raise ValueError(
