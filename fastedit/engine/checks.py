@@ -12,6 +12,8 @@ from typing import Iterable
 
 import torch
 
+from ..errors import InputError
+
 __all__ = ["check_tensor", "check_names", "factor_sizes", "check_factors", "FACTOR_DTYPES"]
 
 FACTOR_DTYPES = (torch.float32, torch.float64)
@@ -21,12 +23,12 @@ def check_tensor(t: torch.Tensor, where: str, shape: Iterable[int], dtypes: Iter
     """``t`` has exactly ``shape``, one of ``dtypes`` and only finite values."""
     shape, dtypes = tuple(shape), tuple(dtypes)
     if tuple(t.shape) != shape:
-        raise ValueError(f"{where}: shape {tuple(t.shape)}, expected {shape}")
+        raise InputError(f"{where}: shape {tuple(t.shape)}, expected {shape}")
     if t.dtype not in dtypes:
-        raise ValueError(f"{where}: dtype {t.dtype}, expected {' or '.join(str(d) for d in dtypes)}")
+        raise InputError(f"{where}: dtype {t.dtype}, expected {' or '.join(str(d) for d in dtypes)}")
     bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
     if bad:
-        raise ValueError(f"{where}: {bad} non-finite value(s) (NaN or inf)")
+        raise InputError(f"{where}: {bad} non-finite value(s) (NaN or inf)")
 
 
 def check_names(found: Iterable[str], expected: Iterable[str], where: str, what: str) -> None:
@@ -34,9 +36,9 @@ def check_names(found: Iterable[str], expected: Iterable[str], where: str, what:
     found, expected = set(found), set(expected)
     missing, other = sorted(expected - found), sorted(found - expected)
     if missing:
-        raise ValueError(f"{where}: {what} missing for {', '.join(missing)}")
+        raise InputError(f"{where}: {what} missing for {', '.join(missing)}")
     if other:
-        raise ValueError(f"{where}: {what} for {', '.join(other)}, which this session does not edit "
+        raise InputError(f"{where}: {what} for {', '.join(other)}, which this session does not edit "
                          f"(it edits {', '.join(sorted(expected))})")
 
 
@@ -51,7 +53,7 @@ def check_factors(keys: torch.Tensor, values: torch.Tensor, weight: torch.Tensor
     finite, the same rank r ≥ 1."""
     d_ff, d_model = factor_sizes(adapter, weight)
     if keys.ndim != 2 or keys.shape[1] < 1:
-        raise ValueError(f"{where}: keys of shape {tuple(keys.shape)}, expected ({d_ff}, rank)")
+        raise InputError(f"{where}: keys of shape {tuple(keys.shape)}, expected ({d_ff}, rank)")
     rank = keys.shape[1]
     check_tensor(keys, f"{where} keys", (d_ff, rank), FACTOR_DTYPES)
     check_tensor(values, f"{where} values", (d_model, rank), FACTOR_DTYPES)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ..errors import InputError
 from ..models.adapters import get_adapter, get_module
 from ..stats.cache import model_fingerprint
 from .backup import restoring
@@ -53,17 +54,17 @@ def apply_edit_pack(model, path: str | Path, rewrite_module_tmp: str | None = No
     (``rewrite_module_tmp`` names another, for sessions whose hparams chose one) at any layer. The
     whole pack is checked first (format, fingerprint, names, shapes, dtypes, finite values); if
     applying still fails (a weight would become non-finite), every weight is put back and
-    ``ValueError`` says why."""
+    :class:`~fastedit.errors.InputError` says why."""
     path = Path(path)
     tensors, meta = _read(path)
     if meta.get("format") != PACK_FORMAT:
-        raise ValueError(f"{path}: not a fastedit edit pack (format {meta.get('format')!r})")
+        raise InputError(f"{path}: not a fastedit edit pack (format {meta.get('format')!r})")
     if meta.get("model_fingerprint") != model_fingerprint(model):
-        raise ValueError(f"{path}: the pack was made for model {meta.get('model')!r}, not this one")
+        raise InputError(f"{path}: the pack was made for model {meta.get('model')!r}, not this one")
     adapter = get_adapter(model)
     layout = "in_out" if adapter.weight_is_in_out else "out_in"
     if meta.get("weight_layout", layout) != layout:
-        raise ValueError(f"{path}: factors for the {meta['weight_layout']} weight layout; this model's is {layout}")
+        raise InputError(f"{path}: factors for the {meta['weight_layout']} weight layout; this model's is {layout}")
     factors = _checked_factors(path, tensors, model, adapter, rewrite_module_tmp or adapter.rewrite_module_tmp)
     weights = {name: get_module(model, name.rsplit(".", 1)[0]).weight for name in factors}
     with restoring(weights), torch.no_grad():
@@ -72,19 +73,19 @@ def apply_edit_pack(model, path: str | Path, rewrite_module_tmp: str | None = No
             k, v = (f.to(device=w.device, dtype=torch.float64) for f in (keys, values))
             new = (w.double() + adapter.delta_to_weight(k @ v.T, w)).to(w.dtype)
             if not torch.isfinite(new).all():
-                raise ValueError(f"{path}: applying it would make {name} non-finite (in {w.dtype}); model unchanged")
+                raise InputError(f"{path}: applying it would make {name} non-finite (in {w.dtype}); model unchanged")
             w.copy_(new)
     return sorted(factors)
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
-        raise ValueError(f"{path}: no such edit pack")
+        raise InputError(f"{path}: no such edit pack")
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except (SafetensorError, OSError, RuntimeError) as e:
-        raise ValueError(f"{path}: unreadable edit pack ({e})") from None
+        raise InputError(f"{path}: unreadable edit pack ({e})") from None
 
 
 def _checked_factors(path: Path, tensors: dict, model, adapter, tmp: str) -> dict[str, tuple]:
@@ -95,14 +96,14 @@ def _checked_factors(path: Path, tensors: dict, model, adapter, tmp: str) -> dic
     out = {}
     for name in names:
         if set(k for k in tensors if k.rsplit("/", 1)[0] == name) != {f"{name}/keys", f"{name}/values"}:
-            raise ValueError(f"{path}: {name} needs exactly the tensors {name}/keys and {name}/values")
+            raise InputError(f"{path}: {name} needs exactly the tensors {name}/keys and {name}/values")
         if name not in allowed:
-            raise ValueError(f"{path}: names {name}, which is not a weight the editing methods change "
+            raise InputError(f"{path}: names {name}, which is not a weight the editing methods change "
                              f"(the {tmp} projections of this model)")
         try:
             w = get_module(model, name.rsplit(".", 1)[0]).weight
         except LookupError as e:
-            raise ValueError(f"{path}: {name}: {e}") from None
+            raise InputError(f"{path}: {name}: {e}") from None
         check_factors(tensors[f"{name}/keys"], tensors[f"{name}/values"], w, adapter, f"{path}: {name}")
         out[name] = (tensors[f"{name}/keys"], tensors[f"{name}/values"])
     return out

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from .. import ops
+from ..errors import InputError
 from ..hparams import HyperParams, HyperParamsError, load_hparams
 from ..methods.base import LowRankUpdate, MethodOutput, apply_update
 from ..methods.memit import WoodburySolver, memit_updates
@@ -75,7 +76,7 @@ class FastOptions:
     @classmethod
     def for_mode(cls, mode: str, overrides: Mapping[str, Any] | None = None) -> "FastOptions":
         if mode not in ("exact", "fast"):
-            raise ValueError(f"mode must be 'exact' or 'fast', got {mode!r}")
+            raise InputError(f"mode must be 'exact' or 'fast', got {mode!r}")
         base = (
             cls(early_stop=True, low_precision=True, compensated_update=True, cuda_graph=True)
             if mode == "fast"
@@ -83,7 +84,7 @@ class FastOptions:
         )
         unknown = set(overrides or {}) - {f for f in cls.__dataclass_fields__}
         if unknown:
-            raise ValueError(f"unknown fast-mode option(s) {sorted(unknown)}; options: {sorted(cls.__dataclass_fields__)}")
+            raise InputError(f"unknown fast-mode option(s) {sorted(unknown)}; options: {sorted(cls.__dataclass_fields__)}")
         return replace(base, **(overrides or {}))
 
 
@@ -154,7 +155,7 @@ class EditSession:
         self.mode = mode
         self.options = FastOptions.for_mode(mode, options)
         if solver not in ("cholesky", "lu"):
-            raise ValueError(f"solver must be 'cholesky' or 'lu', got {solver!r}")
+            raise InputError(f"solver must be 'cholesky' or 'lu', got {solver!r}")
         self.solver_kind = solver
         self.seed = seed
         self._templates = _check_templates(self.method, templates) if templates is not None else None
@@ -299,7 +300,7 @@ class EditSession:
         try:
             if self.method in ("rome", "r-rome"):
                 if len(reqs) != 1:
-                    raise ValueError("ROME computes one request at a time")
+                    raise InputError("ROME computes one request at a time")
                 return self._rome(reqs[0])
             return self._memit(reqs, precomputed_z)
         finally:
@@ -346,7 +347,7 @@ class EditSession:
         sum of the journaled updates of the edits still active, rounded once to the weight's dtype."""
         entry = self.journal.entry(edit_id)
         if not entry.active:
-            raise ValueError(f"edit #{edit_id} was already undone")
+            raise InputError(f"edit #{edit_id} was already undone")
         names = {u.weight_name for u in entry.updates}
         weights = {n: w for n, w in self.edited_weights().items() if n in names}
         with restoring(self._edit_state(names)), torch.no_grad():
@@ -387,7 +388,7 @@ class EditSession:
         saved = store.read_session(path)
         fp = model_fingerprint(model)
         if saved.manifest["model_fingerprint"] != fp:
-            raise ValueError(
+            raise InputError(
                 f"{path}: the session was saved for model {saved.manifest.get('model')!r} "
                 f"({saved.manifest['model_fingerprint']}), not this one ({fp})"
             )
@@ -448,11 +449,11 @@ def _check_templates(method: str, templates):
     if method in ("rome", "r-rome"):
         out = list(templates)
         if not out or not all(isinstance(t, str) and t.count("{}") == 1 for t in out):
-            raise ValueError("ROME templates must be a list of strings, each with exactly one '{}'")
+            raise InputError("ROME templates must be a list of strings, each with exactly one '{}'")
     else:
         out = [list(g) for g in templates]
         if not out or not all(g and all(isinstance(t, str) and t.count("{}") == 1 for t in g) for g in out):
-            raise ValueError("MEMIT templates must be a list of groups of strings, each with exactly one '{}'")
+            raise InputError("MEMIT templates must be a list of groups of strings, each with exactly one '{}'")
         if "{}" not in [t for g in out for t in g]:
-            raise ValueError("MEMIT templates must include the bare template '{}'")
+            raise InputError("MEMIT templates must include the bare template '{}'")
     return out

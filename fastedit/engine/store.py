@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ..errors import InputError
 from ..methods.base import LowRankUpdate
 from ..requests import EditRequest
 from ..stats.cache import model_fingerprint
@@ -201,18 +202,18 @@ def read_session(path: str | Path) -> SavedSession:
     with the files. Nothing is checked against a model yet (:func:`check_saved`)."""
     path = Path(path)
     if not (path / MANIFEST).is_file():
-        raise ValueError(f"{path}: no fastedit session here (no {MANIFEST})")
+        raise InputError(f"{path}: no fastedit session here (no {MANIFEST})")
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         fmt = manifest.get("format")
         if fmt not in (SESSION_FORMAT, LEGACY_FORMAT):
-            raise ValueError(f"{path}: not a fastedit session (format {fmt!r})")
+            raise InputError(f"{path}: not a fastedit session (format {fmt!r})")
         missing = [k for k in _REQUIRED if k not in manifest]
         if missing:
-            raise ValueError(f"{path / MANIFEST}: lacks {', '.join(missing)}")
+            raise InputError(f"{path / MANIFEST}: lacks {', '.join(missing)}")
         return (_read_v2 if fmt == SESSION_FORMAT else _read_v1)(path, manifest)
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: malformed session files ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: malformed session files ({type(e).__name__}: {e})") from None
 
 
 def _read_v2(path: Path, manifest: dict) -> SavedSession:
@@ -224,7 +225,7 @@ def _read_v2(path: Path, manifest: dict) -> SavedSession:
         tensors, meta = _load(path, seg["file"])
         records = json.loads(meta.get("entries", "null"))
         if not isinstance(records, list) or len(records) != seg["count"]:
-            raise ValueError(f"{path / seg['file']}: holds {len(records or [])} journal entries, the manifest says {seg['count']}")
+            raise InputError(f"{path / seg['file']}: holds {len(records or [])} journal entries, the manifest says {seg['count']}")
         entries += _entries(records, tensors, path / seg["file"])
         segments.append(dict(seg))
     undone = set(manifest["undone"])
@@ -251,12 +252,12 @@ def _load(path: Path, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str
     """All tensors of one file and its metadata; ``ValueError`` when it is missing or unreadable."""
     file = path / name
     if Path(name).name != name or not file.is_file():
-        raise ValueError(f"{path}: {name!r} is missing")
+        raise InputError(f"{path}: {name!r} is missing")
     try:
         with safe_open(str(file), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except (SafetensorError, OSError, RuntimeError) as e:
-        raise ValueError(f"{file}: unreadable ({e})") from None
+        raise InputError(f"{file}: unreadable ({e})") from None
 
 
 def _split_compensation(tensors: dict) -> tuple[dict, dict]:
@@ -273,17 +274,17 @@ def _entries(records: list, tensors: dict, file: Path) -> list[JournalEntry]:
         for j, u in enumerate(rec["updates"]):
             keys = (f"{eid}/{j}/keys", f"{eid}/{j}/values")
             if not all(k in tensors for k in keys):
-                raise ValueError(f"{file}: the factors of update {j} of edit #{eid} are missing")
+                raise InputError(f"{file}: the factors of update {j} of edit #{eid} are missing")
             used.update(keys)
             updates.append(LowRankUpdate(str(u["weight"]), int(u["layer"]), tensors[keys[0]], tensors[keys[1]]))
         try:
             reqs = [EditRequest.from_dict(r) for r in rec["requests"]]
         except ValueError as e:
-            raise ValueError(f"{file}: edit #{eid}: {e}") from None
+            raise InputError(f"{file}: edit #{eid}: {e}") from None
         entries.append(JournalEntry(eid, reqs, updates, True, dict(rec.get("times", {}))))
     other = sorted(set(tensors) - used)
     if other:
-        raise ValueError(f"{file}: tensors no journal entry names: {', '.join(other[:5])}")
+        raise InputError(f"{file}: tensors no journal entry names: {', '.join(other[:5])}")
     return entries
 
 
@@ -301,11 +302,11 @@ def check_saved(saved: SavedSession, sess) -> None:
         for name, w in weights.items():
             check_tensor(saved.base[name], f"{where['base']}: {name}", w.shape, (w.dtype,))
             if not torch.equal(w.detach().cpu(), saved.base[name]):
-                raise ValueError(f"{saved.path}: {name} of this model differs from the session's original weights")
+                raise InputError(f"{saved.path}: {name} of this model differs from the session's original weights")
     for name, c in saved.compensation.items():
         w = weights.get(name)
         if w is None or w.dtype not in (torch.bfloat16, torch.float16):
-            raise ValueError(f"{where['weights']}: a compensation buffer for {name}, which is no bf16/fp16 edited weight")
+            raise InputError(f"{where['weights']}: a compensation buffer for {name}, which is no bf16/fp16 edited weight")
         check_tensor(c, f"{where['weights']}: compensation of {name}", w.shape, (torch.float32, w.dtype))
     _check_entries(saved, sess, weights)
 
@@ -315,20 +316,20 @@ def _check_entries(saved: SavedSession, sess, weights: dict) -> None:
     last = -1
     for e in saved.entries:
         if e.edit_id <= last:
-            raise ValueError(f"{saved.path}: journal edit ids out of order at #{e.edit_id}")
+            raise InputError(f"{saved.path}: journal edit ids out of order at #{e.edit_id}")
         last = e.edit_id
         for u in e.updates:
             if u.weight_name not in weights or u.weight_name != f"{tmp.format(u.layer)}.weight":
-                raise ValueError(f"{saved.path}: edit #{e.edit_id} updates {u.weight_name} (layer {u.layer}), "
+                raise InputError(f"{saved.path}: edit #{e.edit_id} updates {u.weight_name} (layer {u.layer}), "
                                  f"which this session does not edit")
             check_factors(u.keys_side, u.values_side, weights[u.weight_name], sess.adapter,
                           f"{saved.path}: edit #{e.edit_id} {u.weight_name}")
     next_id = saved.manifest["next_id"]
     if not isinstance(next_id, int) or next_id <= last:
-        raise ValueError(f"{saved.path}: next edit id {next_id!r} is not above the journal's last, #{last}")
+        raise InputError(f"{saved.path}: next edit id {next_id!r} is not above the journal's last, #{last}")
     undone = set(saved.manifest.get("undone", [])) - {e.edit_id for e in saved.entries}
     if undone:
-        raise ValueError(f"{saved.path}: undone edits {sorted(undone)} are not in the journal")
+        raise InputError(f"{saved.path}: undone edits {sorted(undone)} are not in the journal")
 
 
 def restore(saved: SavedSession, sess) -> None:
