@@ -300,7 +300,7 @@ def _exit_code(e: BaseException) -> int:
 
     seen = e
     while seen is not None:
-        if isinstance(seen, (InputError, FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        if isinstance(seen, (InputError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)):
             return 2
         seen = seen.__cause__
     return 1
