@@ -9,8 +9,8 @@ packed the same way, attending to their own prompt's cached prefix and to their 
 tokens. Nothing is padded and nothing is recomputed; the result at every suffix position equals
 the full forward pass of that prompt, up to rounding.
 
-The model's own forward does the work (``adapter.upper_layers_only``), given a 4D mask (boolean for
-``sdpa``, additive for ``eager``), explicit position ids and a ``DynamicCache``.
+The upper stack (:mod:`fastedit.models.stack`) does the work, given a 4D mask (boolean for the owned
+stack and ``sdpa``, additive for ``eager``), explicit position ids and its cache.
 """
 
 from __future__ import annotations
@@ -132,28 +132,18 @@ class SuffixLayout:
         """(packed row, column) of token ``positions`` of prompts ``rows`` (positions ≥ their lookup)."""
         return self.slot_row[rows], self.slot_start[rows] + positions - self.lookup[rows]
 
-    def prefix_cache(self, adapter, model, hidden_flat: torch.Tensor, start: int):
-        """Run layers ``start..`` over the packed prefixes once, without gradients; returns the cache
-        of their keys and values."""
-        from transformers.cache_utils import DynamicCache
+    def prefix_cache(self, stack, hidden_flat: torch.Tensor):
+        """Run the layers of ``stack`` (:func:`fastedit.models.stack.upper_stack`) over the packed
+        prefixes once, without gradients; returns the cache of their keys and values."""
+        # rotary tables cover every position of the prompts, as one padded pass over them would
+        n_positions = int(torch.maximum(self.pre_pos.max(), self.suf_pos.max())) + 1
+        return stack.prefix(hidden_flat[self.pre_index], self.pre_pos, self.pre_mask, n_positions=n_positions)
 
-        cache = DynamicCache()
-        with torch.no_grad(), adapter.upper_layers_only(model, start) as base:
-            base(
-                inputs_embeds=hidden_flat[self.pre_index], attention_mask=self.pre_mask, position_ids=self.pre_pos,
-                use_cache=True, **{cache_keyword(base): cache},
-            )
-        return cache
-
-    def run_suffix(self, adapter, model, suffix_hidden: torch.Tensor, start: int, cache) -> torch.Tensor:
-        """Layers ``start..`` over the packed suffixes (rows, Q, d) on top of a copy of ``cache``;
-        returns the base model's last hidden state (rows, Q, d)."""
-        with adapter.upper_layers_only(model, start) as base:
-            out = base(
-                inputs_embeds=suffix_hidden, attention_mask=self.suf_mask, position_ids=self.suf_pos,
-                use_cache=True, **{cache_keyword(base): fork_cache(cache)},
-            )
-        return out.last_hidden_state
+    def run_suffix(self, stack, suffix_hidden: torch.Tensor, cache, capture: int | None = None):
+        """The layers of ``stack`` over the packed suffixes (rows, Q, d) on top of ``cache`` (left
+        unchanged); returns the hidden state after the final norm (rows, Q, d) and the output of layer
+        ``capture`` (rows, Q, d), or None."""
+        return stack.suffix(suffix_hidden, self.suf_pos, self.suf_mask, cache, capture=capture)
 
 
 def fork_cache(cache):

@@ -14,7 +14,7 @@ the ball ‖δ‖ ≤ clamp_norm_factor · ‖v_init‖. The result is v_init + 
 
 ROME adds δ to the MLP output of the edit layer, MEMIT to the block output of the last edit layer;
 both enter the residual stream right after that block, so fastedit computes everything below once
-(δ = 0 there) and runs only the layers above during the optimisation (``run_upper_layers``), reads
+(δ = 0 there) and runs only the layers above during the optimisation (:mod:`fastedit.models.stack`), reads
 logits only at the positions the loss uses, optimises all requests of a batch at once (each with its
 own δ, Adam state and stopping); the only host read in the loop is the stop flag (``sync_stop``),
 and on GPUs the whole step can be captured once as a CUDA graph and replayed (``cuda_graph``).
@@ -32,11 +32,12 @@ import torch.nn.functional as F
 
 from ..models.adapters import ModelAdapter, get_module
 from ..models.precision import LowPrecisionWeights
+from ..models.stack import upper_stack
 from ..models.tracing import first_tensor, record
 from ..profiling import region
 from ..requests import EditRequest, RequestError
 from .keys import lookup_index, tokenize_batch
-from .suffix import SuffixLayout, supports_packing
+from .suffix import SuffixLayout
 
 __all__ = ["TargetValues", "compute_target_values", "target_token_ids", "STOP_LOSS"]
 
@@ -257,16 +258,17 @@ def compute_target_values(
         swap = low_precision_weights.swapped(modules)
         run_dtype = low_precision_weights.dtype
 
-    packed = pack and supports_packing(model)
+    stack = upper_stack(model, adapter, layer + 1)  # fastedit's own forward, or transformers' modules
+    packed = pack and stack.packs
     with swap:
         if packed:
             with region("target/prefix"):
                 layout = SuffixLayout.build(
                     lengths, positions, hidden.shape[1], device, run_dtype,
-                    boolean_mask=model.config._attn_implementation == "sdpa",
+                    boolean_mask=True,
                 )
                 flat = hidden.reshape(-1, hidden.shape[-1])
-                cache = layout.prefix_cache(adapter, model, flat.to(run_dtype), layer + 1)
+                cache = layout.prefix_cache(stack, flat.to(run_dtype))
                 suffix_base = flat[layout.suf_index]  # (rows, Q, d)
                 delta_r, delta_c = layout.slot_row, layout.slot_start  # each prompt's lookup token
                 lab_r, lab_c = layout.slots(lab_rows, lab_pos)
@@ -281,7 +283,6 @@ def compute_target_values(
         max_norm = hp.clamp_norm_factor * init_norm
         steps_taken = torch.zeros(n_req, dtype=torch.long, device=device)
 
-        loss_block = (hp.layer_module_tmp or adapter.layer_module_tmp).format(loss_layer)
         read_loss_layer = nll_from == "loss_layer" and loss_layer < n_layers - 1
 
         out_dev = lm_w.device
@@ -312,26 +313,25 @@ def compute_target_values(
                     h = (suffix_base + add).to(run_dtype)
                     rows, cols, krows, kcols = lab_r, lab_c, kl_r, kl_c
 
-                    def run():
-                        return layout.run_suffix(adapter, model, h, layer + 1, cache)
+                    def run(capture=None):
+                        return layout.run_suffix(stack, h, cache, capture)
                 else:
                     add = torch.zeros_like(hidden)
                     add[look_rows, look_pos] = delta[look_req].to(hidden.dtype)
                     h = (hidden + add).to(run_dtype)
                     rows, cols, krows, kcols = lab_rows, lab_pos, kl_rows_t, kl_pos
 
-                    def run():
-                        return adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
+                    def run(capture=None):
+                        return stack.forward(h, batch.attention_mask, capture)
                 if read_loss_layer and loss_layer == layer:
                     # the loss reads the edited layer's own (δ-shifted) output
-                    top = run()
+                    top, _ = run()
                     nll_hidden = ln_f(h[rows, cols])
                 elif read_loss_layer:
-                    with record(model, outputs=[loss_block], detach=False) as rec:
-                        top = run()
-                    nll_hidden = ln_f(_at(rec.outputs[loss_block], rows, cols))
+                    top, at_loss_layer = run(capture=loss_layer)
+                    nll_hidden = ln_f(_at(at_loss_layer, rows, cols))
                 else:
-                    top = run()
+                    top, _ = run()
                     nll_hidden = _at(top, rows, cols)
                 kl_top = _at(top, krows, kcols).to(out_dev)
                 if nll_from == "logits":

@@ -302,7 +302,8 @@ class ModuleStack:
         self._additive = impl == "eager"
 
     def _mask(self, ok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        if not self._additive:
+        """A boolean mask as the attention implementation takes it (additive for eager)."""
+        if not self._additive or ok.dtype != torch.bool:
             return ok
         return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, torch.finfo(dtype).min)
 
