@@ -57,24 +57,25 @@ def _norm(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return mod.weight * (y if y.dtype == x.dtype else y.to(x.dtype))
 
 
-def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """(rows, S, n·hd) → (rows, n, S, hd)."""
-    return x.view(*x.shape[:-1], -1, head_dim).transpose(1, 2)
+def _heads(x: torch.Tensor, rows: int, head_dim: int) -> torch.Tensor:
+    """(rows·S, n·hd) → (rows, n, S, hd)."""
+    return x.view(rows, x.shape[0] // rows, -1, head_dim).transpose(1, 2)
 
 
-def _qkv_gpt2(attn: nn.Module, h: torch.Tensor):
-    y = _conv1d(attn.c_attn, h).view(*h.shape[:-1], 3, -1, attn.head_dim)  # [q | k | v], each per head
+def _qkv_gpt2(attn: nn.Module, h: torch.Tensor, rows: int):
+    y = _conv1d(attn.c_attn, h).view(rows, h.shape[0] // rows, 3, -1, attn.head_dim)  # [q | k | v], each per head
     return y.permute(2, 0, 3, 1, 4).unbind(0)
 
 
-def _qkv_separate(attn: nn.Module, h: torch.Tensor):
+def _qkv_separate(attn: nn.Module, h: torch.Tensor, rows: int):
     hd = attn.head_dim
-    return _heads(_linear(attn.q_proj, h), hd), _heads(_linear(attn.k_proj, h), hd), _heads(_linear(attn.v_proj, h), hd)
+    return (_heads(_linear(attn.q_proj, h), rows, hd), _heads(_linear(attn.k_proj, h), rows, hd),
+            _heads(_linear(attn.v_proj, h), rows, hd))
 
 
-def _qkv_neox(attn: nn.Module, h: torch.Tensor):
+def _qkv_neox(attn: nn.Module, h: torch.Tensor, rows: int):
     # fused per head: [q_h | k_h | v_h] for each head h in turn
-    return _heads(_linear(attn.query_key_value, h), 3 * attn.head_size).chunk(3, dim=-1)
+    return _heads(_linear(attn.query_key_value, h), rows, 3 * attn.head_size).chunk(3, dim=-1)
 
 
 def _mlp_gpt2(mlp: nn.Module, h: torch.Tensor, act: Callable) -> torch.Tensor:
@@ -100,9 +101,10 @@ class _Family:
     attn: str  # the attention module in a layer
     norm1: str
     norm2: str | None  # None: the MLP reads norm1's output (GPT-J)
-    qkv: Callable  # (attention module, h) -> q (rows, H, S, hd), k, v (rows, H_kv, S, hd)
-    out: Callable  # (attention module, (rows, S, H·hd)) -> (rows, S, d)
-    mlp: Callable  # (mlp module, h, activation) -> (rows, S, d)
+    # Token-wise parts work on (rows·S, width): one GEMM each, no view to undo in the backward pass.
+    qkv: Callable  # (attention module, h (rows·S, d), rows) -> q (rows, H, S, hd), k, v (rows, H_kv, S, hd)
+    out: Callable  # (attention module, (rows·S, H·hd)) -> (rows·S, d)
+    mlp: Callable  # (mlp module, h, activation) -> (rows·S, d)
     parallel: Callable[[nn.Module], bool]  # attention and MLP both read the layer's input
     rope: str | None  # None, "half" (rotate_half, Llama/NeoX) or "pairs" (rotate-every-two, GPT-J)
     act_key: str  # the config attribute naming the MLP activation
@@ -264,10 +266,12 @@ class OwnedStack:
         for w in set(self.windows) - {None}:
             masks[w] = mask & ((q_pos[:, :, None] - k_pos[:, None, :]) < w)[:, None]
         captured = None
+        shape = x.shape
+        rows, x = shape[0], x.reshape(-1, shape[-1])
         for i, layer in enumerate(self.layers):
             attn = getattr(layer, fam.attn)
             h = _norm(getattr(layer, fam.norm1), x)
-            q, k, v = fam.qkv(attn, h)
+            q, k, v = fam.qkv(attn, h, rows)
             if rope is not None:
                 q, k = rope(q), rope(k)
             if keep_kv is not None:
@@ -278,7 +282,7 @@ class OwnedStack:
             o = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=masks[self.windows[i]], scale=attn.scaling, enable_gqa=k.shape[1] != q.shape[1]
             )
-            a = fam.out(attn, o.transpose(1, 2).reshape(*x.shape[:-1], -1))
+            a = fam.out(attn, o.transpose(1, 2).reshape(x.shape[0], -1))
             if fam.parallel(layer):
                 m_in = h if fam.norm2 is None else _norm(getattr(layer, fam.norm2), x)
                 x = a + fam.mlp(layer.mlp, m_in, act) + x
@@ -286,8 +290,8 @@ class OwnedStack:
                 x = x + a
                 x = x + fam.mlp(layer.mlp, _norm(getattr(layer, fam.norm2), x), act)
             if capture == self.start + i:
-                captured = x
-        return _norm(self.final_norm, x), captured
+                captured = x.view(shape)
+        return _norm(self.final_norm, x).view(shape), captured
 
 
 # ----------------------------------------------------------------------------- the fallback
