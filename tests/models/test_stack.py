@@ -215,3 +215,22 @@ def test_fallback_packed_equals_owned(attn):
 def test_training_mode_falls_back():
     model = build("gpt2").train()
     assert isinstance(upper_stack(model, get_adapter(model), 1), ModuleStack)
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "gptj", "neox-sequential", "llama-gqa", "qwen2-window"])
+def test_suffix_pass_compiles_as_one_graph(variant):
+    """torch.compile sees the packed suffix pass, the loss-layer capture included, as one graph."""
+    model = build(variant)
+    lengths, lookups = (12, 9, 5), (4, 6, 2)
+    ids, mask = batch(lengths=lengths)
+    entering, *_ = reference(model, ids, mask, 2, 3)
+    flat = entering.reshape(-1, entering.shape[-1])
+    (p_idx, p_pos, p_mask), (s_idx, s_pos, s_mask) = pack(lengths, lookups)
+    stack = upper_stack(model, get_adapter(model), 2)
+    cache = stack.prefix(flat[p_idx], p_pos, p_mask, n_positions=max(lengths))
+
+    def suffix(h):
+        return stack.suffix(h, s_pos, s_mask, cache, capture=3)
+
+    explained = torch._dynamo.explain(suffix)(flat[s_idx])
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
