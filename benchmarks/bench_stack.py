@@ -5,11 +5,12 @@
     python benchmarks/bench_stack.py --compile              # also torch.compile of the owned pass
     python benchmarks/bench_stack.py --device cuda          # GPU: wall time, synchronised
 
-One pass of the target-value optimisation, forward and backward: a δ added at each prompt's lookup
+One pass of the target-value optimisation, forward and backward (``packed``): a δ added at each prompt's lookup
 token of packed suffixes over a cached prefix (:class:`fastedit.methods.suffix.SuffixLayout`, as a
 MEMIT edit lays out its 6 rewrite prompts and its KL prompt), the layers above the edit layer, the
 final norm, log-softmax of the logits at the target positions, and the gradient for δ. Also the
-padded pass (every prompt whole, no cache) that ``pack=False`` takes. Shapes, random weights:
+padded pass (every prompt whole, no cache) that ``pack=False`` takes (``padded``), and the packed
+forward alone, without gradients (``packed_forward``). Shapes, random weights:
 
 * ``narrow``: GPT-2 layout, 48 layers of width 16 (2 heads), GPT-2's vocabulary, δ after layer 17, so
   30 layers run. Too narrow to compute anything: the time is the per-layer overhead a GPU would see.
@@ -20,8 +21,9 @@ padded pass (every prompt whole, no cache) that ``pack=False`` takes. Shapes, ra
 for the prefix, sdpa attention: what fastedit ran before it owned the stack); ``owned`` is
 :class:`fastedit.models.stack.OwnedStack`. The two alternate, pass by pass; reported are the medians of
 the process's CPU time (``*_ms``; with one thread the CPU time of the pass, which other programs on a
-shared machine disturb less than wall time) and of wall time (``*_wall_ms``), their ratios and the
-per-layer difference. With ``--compile``, the owned pass (forward, loss and backward) is also run
+shared machine disturb less than wall time) and of wall time (``*_wall_ms``), their ratios, the
+per-layer difference and the relative error of the gradient (of the loss, for ``packed_forward``)
+against the modules'. With ``--compile``, the owned pass (forward, loss and backward) is also run
 through ``torch.compile`` (inductor); its first call, reported apart, compiles. The last line printed
 is one JSON object.
 """
@@ -112,6 +114,15 @@ def grad_of(step, d: int, device) -> torch.Tensor:
     return torch.autograd.grad(step(delta), delta)[0]
 
 
+def loss_of(step, d: int, device) -> torch.Tensor:
+    """One forward pass without gradients: ``step``'s loss for δ = 0."""
+    with torch.no_grad():
+        return step(torch.zeros(d, device=device))[None]
+
+
+KINDS = {"packed": ("packed", grad_of), "padded": ("padded", grad_of), "packed_forward": ("packed", loss_of)}
+
+
 def timed(fn, device) -> tuple[float, float]:
     """(CPU seconds of this process, wall seconds) of ``fn()``, the device synchronised."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -133,20 +144,20 @@ def measure(shape: str, repeats: int, warmup: int, device: torch.device, compile
     d = model.config.hidden_size
     out = {"shape": shape, "device": str(device), "layers_run": n_layers, "hidden_size": d,
            "tokens_packed_suffix": int(layout.suf_index.numel()), "tokens_padded": int(mask.numel())}
-    for kind in ("packed", "padded"):
-        steps = {name: passes[name][kind] for name in stacks}
+    for kind, (layout_kind, run) in KINDS.items():
+        steps = {name: passes[name][layout_kind] for name in stacks}
         extra = {}
-        if compile_:
+        if compile_ and run is grad_of:
             steps["compiled"] = torch.compile(steps["owned"])
-            cpu_s, wall_s = timed(lambda: grad_of(steps["compiled"], d, device), device)
+            cpu_s, wall_s = timed(lambda: run(steps["compiled"], d, device), device)
             extra = {"compile_cpu_s": round(cpu_s, 2), "compile_wall_s": round(wall_s, 2)}
-        grads = {name: grad_of(step, d, device) for name, step in steps.items()}
+        grads = {name: run(step, d, device) for name, step in steps.items()}
         err = {name: float((g - grads["modules"]).norm() / grads["modules"].norm()) for name, g in grads.items()}
         cpu = {name: [] for name in steps}
         wall = {name: [] for name in steps}
         for i in range(warmup + repeats):
             for name, step in steps.items():
-                c, w = timed(lambda: grad_of(step, d, device), device)
+                c, w = timed(lambda: run(step, d, device), device)
                 if i >= warmup:
                     cpu[name].append(c)
                     wall[name].append(w)
@@ -160,7 +171,7 @@ def measure(shape: str, repeats: int, warmup: int, device: torch.device, compile
             row[f"{name}_wall_ms"] = round(med_wall[name], 3)
             if name != "modules":
                 row[f"ratio_{name}"] = round(med["modules"] / med[name], 3)
-                row[f"grad_rel_err_{name}"] = err[name]
+                row[f"rel_err_{name}"] = err[name]
         row["ratio"] = row["ratio_owned"]
         row["saved_per_layer_ms"] = round((med["modules"] - med["owned"]) / n_layers, 4)
         out[kind] = {**row, **extra}
@@ -185,12 +196,12 @@ def main(argv=None) -> dict:
     for shape in shapes:
         r = measure(shape, args.repeats, args.warmup, device, args.compile)
         result["shapes"][shape] = r
-        for kind in ("packed", "padded"):
+        for kind in KINDS:
             k = r[kind]
             line = (f"{shape:8s} {kind:7s} {r['layers_run']} layers: modules {k['modules_ms']:8.2f} ms  "
                     f"owned {k['owned_ms']:8.2f} ms  ratio {k['ratio']:5.2f}  "
-                    f"saved {k['saved_per_layer_ms'] * 1e3:6.1f} us/layer  grad err {k['grad_rel_err_owned']:.1e}")
-            if args.compile:
+                    f"saved {k['saved_per_layer_ms'] * 1e3:6.1f} us/layer  err {k['rel_err_owned']:.1e}")
+            if "compiled_ms" in k:
                 line += (f"  compiled {k['compiled_ms']:8.2f} ms  ratio {k['ratio_compiled']:5.2f}  "
                          f"(compile {k['compile_wall_s']:.0f} s wall, {k['compile_cpu_s']:.0f} s cpu)")
             print(line)
