@@ -11,7 +11,8 @@ model passes with hooks, full logits, torch.optim.Adam with a host-side loss che
 passes, a dense LU solve) and by an :class:`~fastedit.EditSession` in the chosen mode, with the same
 context templates and statistics. Each edit's weight update is compared (relative Frobenius error
 of ΔW per layer, the largest reported). ``--model`` is a fastedit name, a local folder, or a
-random-weight architecture (``gpt2-xl``, ``gpt-j-6b``, ``llama-3-8b`` at full size, or
+random-weight architecture (``gpt2-xl``, ``gpt-j-6b``, ``llama-3-8b`` at full size, their width-16
+CPU proxies ``gpt2-xl-narrow`` and ``llama-3-8b-narrow`` with the full model's preset, or
 ``random:gpt2``/``random:llama``/... tiny) with synthetic statistics.
 
 ``--efficacy N`` instead measures the fraction of N sequential edits that succeed right after they are
@@ -57,7 +58,8 @@ def load(args):
         tok = gpt2_tokenizer()
     else:
         model, tok = load_model(name, dtype=dtype, device=args.device)
-    preset = args.hparams or (name if not name.startswith("random:") else None)
+    # a narrow proxy edits with its full-size model's preset
+    preset = args.hparams or (name.removesuffix("-narrow") if not name.startswith("random:") else None)
     if preset is None:
         small = {"layers": [1, 2] if args.method == "memit" else [1], "v_loss_layer": 3, "v_num_grad_steps": 20}
         if args.method == "memit":
@@ -337,9 +339,11 @@ def main(argv=None) -> int:
     if args.reference_dir and not args.efficacy:
         res["reference_code"] = run_reference_code(args)
     if not args.efficacy:
-        print(f"{'phase':<22} s/edit")
-        for k, v in res["phase_seconds_per_edit"].items():
-            print(f"{k:<22} {v:8.3f}")
+        phases = res["phase_seconds_per_edit"]
+        total = phases.get("total") or 1.0
+        print(f"{'phase':<22} {'s/edit':>8} {'share':>6}")
+        for k, v in phases.items():
+            print(f"{k:<22} {v:8.3f} {100 * v / total:5.1f}%")
         if res["speedup"]:
             print(f"fastedit {res['edits_per_s']:.3f} edits/s, reference-style {res['baseline_edits_per_s']:.3f} edits/s: "
                   f"{res['speedup']:.2f}x, max relative update error {res['max_rel_update_error']:.2e}")
