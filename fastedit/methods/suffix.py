@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SuffixLayout", "supports_packing", "cache_keyword"]
+__all__ = ["SuffixLayout", "supports_packing", "cache_keyword", "select_cache"]
 
 
 def supports_packing(model) -> bool:
@@ -80,8 +80,12 @@ class SuffixLayout:
         dtype: torch.dtype,
         boolean_mask: bool,
         max_tokens: int = 2048,
+        bins: list[list[int]] | None = None,
     ) -> "SuffixLayout":
-        bins = _pack([n for n in lengths], max_tokens)
+        """``bins``: the prompts of each packed row (default: greedy rows of up to ``max_tokens``).
+        Each suffix token attends over its whole row, masked, so rows should hold what belongs
+        together (one request's prompts), not a whole batch."""
+        bins = bins if bins is not None else _pack(list(lengths), max_tokens)
         n_rows = len(bins)
         P = max(1, max(sum(lookup[i] for i in b) for b in bins))
         Q = max(sum(lengths[i] - lookup[i] for i in b) for b in bins)
@@ -128,6 +132,18 @@ class SuffixLayout:
             lookup=torch.tensor(lookup, device=device),
         )
 
+    def rows(self, keep: torch.Tensor) -> "SuffixLayout":
+        """The layout of the packed rows where ``keep`` (rows,) is true, with their prompts renumbered
+        in order (the prefix and suffix columns are unchanged)."""
+        prompt_keep = keep[self.slot_row]
+        new_row = torch.cumsum(keep.long(), 0) - 1
+        return SuffixLayout(
+            pre_index=self.pre_index[keep], pre_pos=self.pre_pos[keep], pre_mask=self.pre_mask[keep],
+            suf_index=self.suf_index[keep], suf_pos=self.suf_pos[keep], suf_mask=self.suf_mask[keep],
+            slot_row=new_row[self.slot_row[prompt_keep]], slot_start=self.slot_start[prompt_keep],
+            lookup=self.lookup[prompt_keep],
+        )
+
     def slots(self, rows: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(packed row, column) of token ``positions`` of prompts ``rows`` (positions ≥ their lookup)."""
         return self.slot_row[rows], self.slot_start[rows] + positions - self.lookup[rows]
@@ -170,6 +186,19 @@ def fork_cache(cache):
         new.layers = [copy.copy(layer) for layer in layers]
         return new
     return copy.deepcopy(cache)
+
+
+def select_cache(cache, keep: torch.Tensor):
+    """The cache of the batch rows where ``keep`` is true (the input ``cache`` is left as it was)."""
+    new = fork_cache(cache)
+    layers = getattr(new, "layers", None)
+    if isinstance(layers, list) and all(type(layer).__name__ == "DynamicLayer" for layer in layers):
+        for layer in layers:
+            if layer.is_initialized:
+                layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+        return new
+    new.batch_select_indices(torch.nonzero(keep).flatten())
+    return new
 
 
 def _mask(ok: torch.Tensor, dtype: torch.dtype, boolean: bool) -> torch.Tensor:
