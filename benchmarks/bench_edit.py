@@ -136,14 +136,15 @@ def run_throughput(args) -> dict:
     sess = EditSession(fast_model, tok, args.method, hp, mode=args.mode, options=parse_options(args.option),
                        templates=templates, stats_dir=stats_dir, progress=False)
     sess.stats = store  # the statistics are already loaded: not part of the timing
-    fe_times, phases, errs = [], [], []
+    fe_times, fe_cpu, phases, errs = [], [], [], []
     with chrome_trace(args.profile):
         for i, batch in enumerate(batches):
             before = {n: fast_model.get_parameter(n).detach().clone() for n in names}
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             res = sess.apply(batch)
             _sync(args.device)
             fe_times.append(time.perf_counter() - t0)
+            fe_cpu.append(time.process_time() - c0)
             phases.append(res.times)
             if i < len(base_deltas):
                 for n in names:
@@ -166,6 +167,10 @@ def run_throughput(args) -> dict:
         "device": args.device,
         "edits_per_s": edits / fe_total,
         "requests_per_s": edits * args.batch_size / fe_total,
+        # CPU seconds of this process: on a shared machine they move far less with the load than the
+        # wall time (with one thread they are the work done)
+        "requests_per_cpu_s": edits * args.batch_size / sum(fe_cpu),
+        "cpu_s_per_request": sum(fe_cpu) / (edits * args.batch_size),
         "baseline_edits_per_s": len(base_times) / base_total if base_total else None,
         "speedup": base_total / fe_matched if base_total else None,
         "baseline_edits": len(base_times),
