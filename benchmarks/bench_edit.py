@@ -179,11 +179,18 @@ def run_throughput(args) -> dict:
         "max_rel_update_error": max(errs) if errs else None,
         "median_rel_update_error": statistics.median(errs) if errs else None,
         "phase_seconds_per_edit": phase_mean,
+        # templates, tokenisation, prefix, keys, solve and weight update: what runs outside the
+        # optimisation step, as a share of the edit's wall time
+        "outside_step_share": sum(phase_mean.get(k, 0.0) for k in OUTSIDE_STEP) / phase_mean["total"]
+        if phase_mean.get("total") else None,
         "hparams": hp.to_dict(),
         "machine": machine(),
         "command": " ".join(sys.argv),
     }
     return results
+
+
+OUTSIDE_STEP = ("templates", "target/prepare", "target/prefix", "keys", "solve", "apply")
 
 
 def run_efficacy(args) -> dict:
@@ -349,6 +356,8 @@ def main(argv=None) -> int:
         print(f"{'phase':<22} {'s/edit':>8} {'share':>6}")
         for k, v in phases.items():
             print(f"{k:<22} {v:8.3f} {100 * v / total:5.1f}%")
+        if res["outside_step_share"] is not None:
+            print(f"outside the step: {100 * res['outside_step_share']:.1f}% ({', '.join(OUTSIDE_STEP)})")
         if res["speedup"]:
             print(f"fastedit {res['edits_per_s']:.3f} edits/s, reference-style {res['baseline_edits_per_s']:.3f} edits/s: "
                   f"{res['speedup']:.2f}x, max relative update error {res['max_rel_update_error']:.2e}")
