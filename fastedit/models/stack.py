@@ -180,6 +180,11 @@ class PrefixCache:
     rope_table: tuple | None = None  # (cos, sin) by position, shared with the suffix passes
     module_cache: object = None  # the transformers cache, for ModuleStack
 
+    def rows(self, keep: torch.Tensor) -> "PrefixCache":
+        """The cache of the packed rows where ``keep`` (rows,) is true; this one is left as it was."""
+        return PrefixCache([k[keep] for k in self.keys], [v[keep] for v in self.values], self.positions[keep],
+                           self.rope_table, _select(self.module_cache, keep) if self.module_cache is not None else None)
+
 
 class OwnedStack:
     """Decoder layers ``[start, n_layers)``, the final norm and the LM head of one model, as plain
@@ -361,6 +366,19 @@ def _fork(cache):
         new.layers = [copy.copy(layer) for layer in layers]
         return new
     return copy.deepcopy(cache)
+
+
+def _select(cache, keep: torch.Tensor):
+    """A copy of a transformers cache holding the batch rows where ``keep`` is true."""
+    new = _fork(cache)
+    layers = getattr(new, "layers", None)
+    if isinstance(layers, list) and all(type(layer).__name__ == "DynamicLayer" for layer in layers):
+        for layer in layers:
+            if layer.is_initialized:
+                layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+        return new
+    new.batch_select_indices(torch.nonzero(keep).flatten())
+    return new
 
 
 # ----------------------------------------------------------------------------- choosing
