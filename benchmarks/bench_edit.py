@@ -11,7 +11,8 @@ model passes with hooks, full logits, torch.optim.Adam with a host-side loss che
 passes, a dense LU solve) and by an :class:`~fastedit.EditSession` in the chosen mode, with the same
 context templates and statistics. Each edit's weight update is compared (relative Frobenius error
 of ΔW per layer, the largest reported). ``--model`` is a fastedit name, a local folder, or a
-random-weight architecture (``gpt2-xl``, ``gpt-j-6b``, ``llama-3-8b`` at full size, or
+random-weight architecture (``gpt2-xl``, ``gpt-j-6b``, ``llama-3-8b`` at full size, their width-16
+CPU proxies ``gpt2-xl-narrow`` and ``llama-3-8b-narrow`` with the full model's preset, or
 ``random:gpt2``/``random:llama``/... tiny) with synthetic statistics.
 
 ``--memory N`` instead runs N sequential edits (no baseline) and reports ``peak_memory_ratio``, the peak
@@ -32,7 +33,6 @@ import copy
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,8 +44,6 @@ from machine_info import machine  # noqa: E402  (benchmarks/ is on sys.path when
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FASTEDIT_DATA_DIR", REPO.parent / "shared" / "data"))
-# narrow stand-ins of the full-size models take the full model's preset
-NARROW_PRESETS = {"gpt2-xl-narrow": "gpt2-xl"}
 
 
 def load(args):
@@ -63,7 +61,8 @@ def load(args):
         tok = gpt2_tokenizer()
     else:
         model, tok = load_model(name, dtype=dtype, device=args.device)
-    preset = args.hparams or (NARROW_PRESETS.get(name, name) if not name.startswith("random:") else None)
+    # a narrow proxy edits with its full-size model's preset
+    preset = args.hparams or (name.removesuffix("-narrow") if not name.startswith("random:") else None)
     if preset is None:
         small = {"layers": [1, 2] if args.method == "memit" else [1], "v_loss_layer": 3, "v_num_grad_steps": 20}
         if args.method == "memit":
@@ -125,14 +124,15 @@ def run_throughput(args) -> dict:
     sess = EditSession(fast_model, tok, args.method, hp, mode=args.mode, options=parse_options(args.option),
                        templates=templates, stats_dir=stats_dir, progress=False)
     sess.stats = store  # the statistics are already loaded: not part of the timing
-    fe_times, phases, errs = [], [], []
+    fe_times, fe_cpu, phases, errs = [], [], [], []
     with chrome_trace(args.profile):
         for i, batch in enumerate(batches):
             before = {n: fast_model.get_parameter(n).detach().clone() for n in names}
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             res = sess.apply(batch)
             _sync(args.device)
             fe_times.append(time.perf_counter() - t0)
+            fe_cpu.append(time.process_time() - c0)
             phases.append(res.times)
             if i < len(base_deltas):
                 for n in names:
@@ -155,6 +155,10 @@ def run_throughput(args) -> dict:
         "device": args.device,
         "edits_per_s": edits / fe_total,
         "requests_per_s": edits * args.batch_size / fe_total,
+        # CPU seconds of this process: on a shared machine they move far less with the load than the
+        # wall time (with one thread they are the work done)
+        "requests_per_cpu_s": edits * args.batch_size / sum(fe_cpu),
+        "cpu_s_per_request": sum(fe_cpu) / (edits * args.batch_size),
         "baseline_edits_per_s": len(base_times) / base_total if base_total else None,
         "speedup": base_total / fe_matched if base_total else None,
         "baseline_edits": len(base_times),
@@ -163,11 +167,18 @@ def run_throughput(args) -> dict:
         "max_rel_update_error": max(errs) if errs else None,
         "median_rel_update_error": statistics.median(errs) if errs else None,
         "phase_seconds_per_edit": phase_mean,
+        # templates, tokenisation, prefix, keys, solve and weight update: what runs outside the
+        # optimisation step, as a share of the edit's wall time
+        "outside_step_share": sum(phase_mean.get(k, 0.0) for k in OUTSIDE_STEP) / phase_mean["total"]
+        if phase_mean.get("total") else None,
         "hparams": hp.to_dict(),
         "machine": machine(),
         "command": " ".join(sys.argv),
     }
     return results
+
+
+OUTSIDE_STEP = ("templates", "target/prepare", "target/prefix", "keys", "solve", "apply")
 
 
 def run_baseline(args, base_model, tok, hp, hp_dict, templates, store, batches, names) -> tuple[list, list]:
@@ -455,9 +466,13 @@ def main(argv=None) -> int:
     if args.reference_dir and not args.efficacy and not args.memory:
         res["reference_code"] = run_reference_code(args)
     if not args.efficacy and not args.memory:
-        print(f"{'phase':<22} s/edit")
-        for k, v in res["phase_seconds_per_edit"].items():
-            print(f"{k:<22} {v:8.3f}")
+        phases = res["phase_seconds_per_edit"]
+        total = phases.get("total") or 1.0
+        print(f"{'phase':<22} {'s/edit':>8} {'share':>6}")
+        for k, v in phases.items():
+            print(f"{k:<22} {v:8.3f} {100 * v / total:5.1f}%")
+        if res["outside_step_share"] is not None:
+            print(f"outside the step: {100 * res['outside_step_share']:.1f}% ({', '.join(OUTSIDE_STEP)})")
         if res["speedup"]:
             print(f"fastedit {res['edits_per_s']:.3f} edits/s, reference-style {res['baseline_edits_per_s']:.3f} edits/s: "
                   f"{res['speedup']:.2f}x, max relative update error {res['max_rel_update_error']:.2e}")

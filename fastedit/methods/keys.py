@@ -29,7 +29,7 @@ import torch
 from ..models.tracing import record
 from ..requests import RequestError
 
-__all__ = ["lookup_index", "TokenBatch", "tokenize_batch", "read_at_positions"]
+__all__ = ["lookup_index", "TokenBatch", "tokenize_batch", "pad_batch", "read_at_positions"]
 
 
 def lookup_index(tok, template: str, subject: str, fact_token: str, rule: str = "additive") -> int:
@@ -90,7 +90,11 @@ class TokenBatch:
 
 def tokenize_batch(tok, texts: Sequence[str], device) -> TokenBatch:
     """Tokenise (special tokens included, as ``tok(text)`` does) and right-pad with the pad id."""
-    rows = tok(list(texts))["input_ids"]
+    return pad_batch(tok, tok(list(texts))["input_ids"], device)
+
+
+def pad_batch(tok, rows: Sequence[Sequence[int]], device) -> TokenBatch:
+    """Right-pad token id lists with the tokenizer's pad id (EOS, or 0, when it has none)."""
     width = max(len(r) for r in rows)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)

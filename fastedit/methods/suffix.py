@@ -9,33 +9,17 @@ packed the same way, attending to their own prompt's cached prefix and to their 
 tokens. Nothing is padded and nothing is recomputed; the result at every suffix position equals
 the full forward pass of that prompt, up to rounding.
 
-The model's own forward does the work (``adapter.upper_layers_only``), given a 4D mask (boolean for
-``sdpa``, additive for ``eager``), explicit position ids and a ``DynamicCache``.
+The upper stack (:mod:`fastedit.models.stack`) does the work, given a 4D mask (boolean for the owned
+stack and ``sdpa``, additive for ``eager``), explicit position ids and its cache.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SuffixLayout", "supports_packing", "cache_keyword"]
-
-
-def supports_packing(model) -> bool:
-    """4D custom masks work with the eager and sdpa attention implementations, in models that take a
-    cache object (not GPT-2 before transformers 4.5x, which flattens the mask and wants tuples)."""
-    takes_cache = getattr(model, "_supports_cache_class", None) is not False
-    return takes_cache and getattr(model.config, "_attn_implementation", "eager") in ("eager", "sdpa")
-
-
-def cache_keyword(base_model) -> str:
-    """The name of the cache argument of the base model's forward (``cache`` in newer transformers,
-    ``past_key_values`` before)."""
-    params = inspect.signature(base_model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+__all__ = ["SuffixLayout"]
 
 
 def _pack(lengths: list[int], max_tokens: int) -> list[list[int]]:
@@ -82,8 +66,12 @@ class SuffixLayout:
         dtype: torch.dtype,
         boolean_mask: bool,
         max_tokens: int = 2048,
+        bins: list[list[int]] | None = None,
     ) -> "SuffixLayout":
-        bins = _pack([n for n in lengths], max_tokens)
+        """``bins``: the prompts of each packed row (default: greedy rows of up to ``max_tokens``).
+        Each suffix token attends over its whole row, masked, so rows should hold what belongs
+        together (one request's prompts), not a whole batch."""
+        bins = bins if bins is not None else _pack(list(lengths), max_tokens)
         n_rows = len(bins)
         P = max(1, max(sum(lookup[i] for i in b) for b in bins))
         Q = max(sum(lengths[i] - lookup[i] for i in b) for b in bins)
@@ -130,48 +118,34 @@ class SuffixLayout:
             lookup=torch.tensor(lookup, device=device),
         )
 
+    def rows(self, keep: torch.Tensor) -> "SuffixLayout":
+        """The layout of the packed rows where ``keep`` (rows,) is true, with their prompts renumbered
+        in order (the prefix and suffix columns are unchanged)."""
+        prompt_keep = keep[self.slot_row]
+        new_row = torch.cumsum(keep.long(), 0) - 1
+        return SuffixLayout(
+            pre_index=self.pre_index[keep], pre_pos=self.pre_pos[keep], pre_mask=self.pre_mask[keep],
+            suf_index=self.suf_index[keep], suf_pos=self.suf_pos[keep], suf_mask=self.suf_mask[keep],
+            slot_row=new_row[self.slot_row[prompt_keep]], slot_start=self.slot_start[prompt_keep],
+            lookup=self.lookup[prompt_keep],
+        )
+
     def slots(self, rows: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(packed row, column) of token ``positions`` of prompts ``rows`` (positions ≥ their lookup)."""
         return self.slot_row[rows], self.slot_start[rows] + positions - self.lookup[rows]
 
-    def prefix_cache(self, adapter, model, hidden_flat: torch.Tensor, start: int):
-        """Run layers ``start..`` over the packed prefixes once, without gradients; returns the cache
-        of their keys and values."""
-        from transformers.cache_utils import DynamicCache
+    def prefix_cache(self, stack, hidden_flat: torch.Tensor):
+        """Run the layers of ``stack`` (:func:`fastedit.models.stack.upper_stack`) over the packed
+        prefixes once, without gradients; returns the cache of their keys and values."""
+        # rotary tables cover every position of the prompts, as one padded pass over them would
+        n_positions = int(torch.maximum(self.pre_pos.max(), self.suf_pos.max())) + 1
+        return stack.prefix(hidden_flat[self.pre_index], self.pre_pos, self.pre_mask, n_positions=n_positions)
 
-        cache = DynamicCache()
-        with torch.no_grad(), adapter.upper_layers_only(model, start) as base:
-            base(
-                inputs_embeds=hidden_flat[self.pre_index], attention_mask=self.pre_mask, position_ids=self.pre_pos,
-                use_cache=True, **{cache_keyword(base): cache},
-            )
-        return cache
-
-    def run_suffix(self, adapter, model, suffix_hidden: torch.Tensor, start: int, cache) -> torch.Tensor:
-        """Layers ``start..`` over the packed suffixes (rows, Q, d) on top of a copy of ``cache``;
-        returns the base model's last hidden state (rows, Q, d)."""
-        with adapter.upper_layers_only(model, start) as base:
-            out = base(
-                inputs_embeds=suffix_hidden, attention_mask=self.suf_mask, position_ids=self.suf_pos,
-                use_cache=True, **{cache_keyword(base): fork_cache(cache)},
-            )
-        return out.last_hidden_state
-
-
-def fork_cache(cache):
-    """A copy of ``cache`` that a forward pass may extend without changing ``cache``.
-
-    transformers' dynamic cache layers extend by rebinding (``self.keys = torch.cat(...)``), so new
-    layer objects over the same tensors suffice: no tensor is copied (a deep copy cloned every
-    cached key and value at each optimisation step). Other cache types are deep-copied."""
-    layers = getattr(cache, "layers", None)
-    if type(cache).__name__ == "DynamicCache" and isinstance(layers, list) and all(
-        type(layer).__name__ == "DynamicLayer" for layer in layers
-    ):
-        new = copy.copy(cache)
-        new.layers = [copy.copy(layer) for layer in layers]
-        return new
-    return copy.deepcopy(cache)
+    def run_suffix(self, stack, suffix_hidden: torch.Tensor, cache, capture: int | None = None):
+        """The layers of ``stack`` over the packed suffixes (rows, Q, d) on top of ``cache`` (left
+        unchanged); returns the hidden state after the final norm (rows, Q, d) and the output of layer
+        ``capture`` (rows, Q, d), or None."""
+        return stack.suffix(suffix_hidden, self.suf_pos, self.suf_mask, cache, capture=capture)
 
 
 def _mask(ok: torch.Tensor, dtype: torch.dtype, boolean: bool) -> torch.Tensor:

@@ -13,37 +13,32 @@ so there are at most ``v_num_grad_steps − 1`` Adam updates; after each update 
 the ball ‖δ‖ ≤ clamp_norm_factor · ‖v_init‖. The result is v_init + δ.
 
 ROME adds δ to the MLP output of the edit layer, MEMIT to the block output of the last edit layer;
-both enter the residual stream right after that block, so fastedit computes everything below once
-(δ = 0 there) and runs only the layers above during the optimisation (``run_upper_layers``), reads
-logits only at the positions the loss uses, optimises all requests of a batch at once (each with its
-own δ, Adam state and stopping); the only host read in the loop is the stop flag (``sync_stop``),
-and on GPUs the whole step can be captured once as a CUDA graph and replayed (``cuda_graph``).
+both enter the residual stream right after that block. This file holds the math (:func:`target_loss`,
+:func:`_adam_step`, :func:`optimise`); :mod:`.stepping` runs the layers above the edit layer fast.
+All requests of a batch are optimised at once, each with its own δ, Adam state and stopping, in
+chunks of about ``CHUNK_TOKENS`` prompt tokens.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from ..models.adapters import ModelAdapter, get_module
+from ..models.adapters import ModelAdapter
 from ..models.precision import LowPrecisionWeights
-from ..models.tracing import first_tensor, record
 from ..profiling import region
 from ..requests import EditRequest, RequestError
-from .keys import lookup_index, tokenize_batch
-from .suffix import SuffixLayout, supports_packing
-from ..stats.packing import mask_kind
+from . import stepping
+from .keys import lookup_index, pad_batch
+from .stepping import PromptSet, upper_stack
 
 __all__ = ["TargetValues", "compute_target_values", "target_token_ids", "STOP_LOSS"]
 
 STOP_LOSS = 5e-2  # the references' early-stopping threshold on the total loss
-GRAPH_WARMUP = 3  # eager steps before a CUDA graph is captured (cuBLAS and autograd set up lazily)
-GRAPH_CHECK_EVERY = 4  # a static loop reads the stop flag once every this many steps
+CHUNK_TOKENS = 8192  # prompt tokens optimised together: bounds the memory a large batch needs
 KL_PROMPT = "{} is a"
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -65,6 +60,18 @@ class TargetValues:
     delta: torch.Tensor
     losses: torch.Tensor
     steps: list[int] = field(default_factory=list)
+
+    @classmethod
+    def concat(cls, parts: list["TargetValues"]) -> "TargetValues":
+        """The results of consecutive chunks of requests as one (loss curves padded with NaN)."""
+        if len(parts) == 1:
+            return parts[0]
+        n_it = max(p.losses.shape[0] for p in parts)
+        pad = [torch.cat([p.losses, p.losses.new_full((n_it - p.losses.shape[0], p.losses.shape[1]), torch.nan)])
+               for p in parts]
+        return cls(values=torch.cat([p.values for p in parts]), v_init=torch.cat([p.v_init for p in parts]),
+                   delta=torch.cat([p.delta for p in parts]), losses=torch.cat(pad, 1),
+                   steps=[s for p in parts for s in p.steps])
 
 
 def target_token_ids(tok, request: EditRequest, strip_bos: bool) -> list[int]:
@@ -107,6 +114,81 @@ def _adam_step(param, grad, m, v, step: int | torch.Tensor, lr: float, active):
     param.copy_(torch.where(keep, new_p, param))
 
 
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log-softmax over the vocabulary in float32 (float64 logits stay float64)."""
+    return torch.log_softmax(logits.float() if logits.dtype != torch.float64 else logits, -1)
+
+
+def target_loss(nll_logits, kl_logits, kl_init, delta, init_norm, lab_ids, lab_req, lab_w, hp) -> torch.Tensor:
+    """Each request's loss (n,): NLL + kl_factor · KL + v_weight_decay · ‖δ‖ / ‖v_init‖².
+
+    nll_logits: (n_labels, vocab) at every target token of every rewrite prompt, with its token id,
+    request and weight ``lab_w`` = 1 / (T · rewrite prompts); kl_logits, kl_init: (n, vocab) logits
+    and initial log-probabilities at each request's KL prompt; delta: (n, d); init_norm: ‖v_init‖ (n,).
+    """
+    logp = log_probs(nll_logits)
+    tok_lp = logp.gather(1, lab_ids[:, None])[:, 0]
+    n = delta.shape[0]
+    nll = torch.zeros(n, dtype=tok_lp.dtype, device=tok_lp.device).index_add(0, lab_req, -tok_lp * lab_w.to(tok_lp.dtype))
+    kl_lp = log_probs(kl_logits)
+    # kl_div(init, current, log_target=True, reduction="batchmean") with one KL prompt per request
+    kl = (kl_lp.exp() * (kl_lp - kl_init)).sum(-1)
+    decay = hp.v_weight_decay * delta.norm(dim=-1) / init_norm**2
+    return (nll.to(delta.dtype) + hp.kl_factor * kl.to(delta.dtype)).to(delta.device) + decay
+
+
+def target_prompts(tok, requests: Sequence[EditRequest], templates: Sequence[str], hp) -> tuple[list, list[int]]:
+    """Per request: its prompts (each template filled with the request's prompt and the target's
+    tokens but the last, then the KL prompt), their lookup positions, token ids and the target ids.
+    Returns (rows, token counts): rows[r] = (token ids per prompt, lookup per prompt, target ids)."""
+    out, sizes = [], []
+    for req in requests:
+        ids = target_token_ids(tok, req, hp.strip_target_bos)
+        target_prefix = tok.decode(ids[:-1])
+        prompts = [t.format(req.prompt) + target_prefix for t in templates] + [KL_PROMPT]
+        toks = tok([p.format(req.subject) for p in prompts])["input_ids"]
+        look = [lookup_index(tok, p, req.subject, hp.fact_token, hp.subject_index_rule) for p in prompts]
+        for p_ids, p in zip(toks[:-1], look[:-1]):
+            if len(p_ids) < len(ids):
+                raise RequestError(f"request {req.name}: rewrite prompt shorter than its target")
+        if any(not 0 <= p < len(t) for p, t in zip(look, toks)):
+            raise RequestError(f"request {req.name}: lookup position outside its prompt")
+        out.append((toks, look, ids))
+        sizes.append(sum(len(t) for t in toks))
+    return out, sizes
+
+
+def prompt_set(tok, rows: list, device) -> PromptSet:
+    """The :class:`PromptSet` of the requests' prompts from :func:`target_prompts` (request-major)."""
+    all_toks, lookup, owner, bare, kl = [], [], [], [], []
+    lab = ([], [], [], [], [])  # prompt, position, id, request, weight
+    for r, (toks, look, ids) in enumerate(rows):
+        first, T, n_rewrite = len(all_toks), len(ids), len(toks) - 1
+        for j, (t, p) in enumerate(zip(toks, look)):
+            if j < n_rewrite:  # the labels: the last T positions of each rewrite prompt
+                for c, tid in enumerate(ids):
+                    for col, x in zip(lab, (first + j, len(t) - T + c, tid, r, 1.0 / (T * n_rewrite))):
+                        col.append(x)
+            all_toks.append(t)
+            lookup.append(p)
+            owner.append(r)
+        bare.append(first)
+        kl.append(first + n_rewrite)
+    return PromptSet(pad_batch(tok, all_toks, device), lookup, owner, bare, kl, *lab)
+
+
+def _chunks(sizes: list[int], budget: int) -> list[range]:
+    """Consecutive runs of requests whose token counts sum to at most ``budget`` (at least one)."""
+    out, start, used = [], 0, 0
+    for i, n in enumerate(sizes):
+        if i > start and used + n > budget:
+            out.append(range(start, i))
+            start, used = i, 0
+        used += n
+    out.append(range(start, len(sizes)))
+    return out
+
+
 def compute_target_values(
     model,
     tok,
@@ -124,335 +206,162 @@ def compute_target_values(
     pack: bool = True,
     sync_stop: bool = True,
     cuda_graph: bool = False,
+    chunk_tokens: int = CHUNK_TOKENS,
 ) -> TargetValues:
     """Optimise v* (ROME: ``delta_site="mlp"``, ``nll_from="logits"``) or z (MEMIT:
-    ``delta_site="block"``, ``nll_from="loss_layer"``) for every request at once.
+    ``delta_site="block"``, ``nll_from="loss_layer"``) for every request; values (n, d_model).
 
-    ``templates`` is the flat list of context templates (``"{}"`` first). ``layer`` is where δ
-    enters. Returns values (n, d_model).
+    ``templates``: the flat list of context templates (``"{}"`` first); ``layer``: where δ enters.
+    Requests run in chunks of about ``chunk_tokens`` prompt tokens, each chunk's requests at once.
 
-    Fast-mode options (both off in exact mode):
+    Fast-mode options (off in exact mode): ``early_stop_patience`` (ENCORE's most-probable early
+    stopping: a request stops once every target token of every rewrite prompt has been the argmax at
+    that many forward passes, counted, not necessarily consecutive; here the bare prompt counts
+    too); ``autocast_dtype`` (the upper layers under ``torch.autocast``, GPUs); ``low_precision_weights``
+    (CPUs with native bf16: the upper layers and heads on cached bf16 weight copies). δ, the
+    log-softmax, the loss and Adam stay in float32 (float64 for a float64 model).
 
-    * ``early_stop_patience``: ENCORE's most-probable early stopping. A request stops once every
-      target token of every rewrite prompt has been the argmax at ``early_stop_patience`` forward
-      passes (counted, not necessarily consecutive, as ENCORE counts them). ENCORE leaves the bare
-      prompt out of the check; here all rewrite prompts count.
-    * ``autocast_dtype``: run the layers above the edit layer under ``torch.autocast`` in this dtype
-      (bf16 on GPUs); δ, the loss and Adam stay in float32.
-    * ``low_precision_weights`` (CPUs with native bf16): the layers above the edit layer, the final
-      norm and the LM head run on the cached low-precision copies of their weights
-      (:mod:`fastedit.models.precision`), on a residual stream cast to that dtype; δ, the
-      log-softmax, the loss and Adam stay in float32.
-
-    ``pack`` (both modes; it changes only rounding): run each iteration over the prompts' suffixes
-    from their lookup token on, packed without padding, on top of a cache of their prefixes
-    (:mod:`.suffix`). Off, every iteration runs the padded prompts whole through the layers above.
-
-    ``sync_stop`` (default on): leave the loop once every request has stopped, which reads one flag
-    from the device per step. Most requests stop long before ``v_num_grad_steps`` (the loss falls
-    under 5e-2 in a few steps), and the steps skipped cost far more than the read. Off (GPU only), the
-    loop has no host synchronisation: stopped requests are frozen on the device and the loop runs all
-    steps.
-
-    ``cuda_graph``: run the optimisation as one static step (forward, loss, backward, Adam in torch's
-    capturable form, every counter on the device) and, on a GPU, capture that step as a CUDA graph
-    after ``GRAPH_WARMUP`` eager steps and replay it, reading the stop flag once every
-    ``GRAPH_CHECK_EVERY`` steps (with ``sync_stop``). One replay costs a single launch instead of the
-    model's per-layer Python, which is what bounds small-batch editing on a GPU. On a CPU the same
-    static step runs without capture. It changes only rounding (Adam's capturable form).
+    ``pack`` (both modes; it changes only rounding): run the suffixes from each lookup token on over
+    a prefix cache instead of the padded prompts whole. ``sync_stop`` (default on): read the stop
+    flags each step, leave once every request has stopped and drop stopped requests from the rows;
+    off (GPU only), the loop never synchronises and runs all steps. ``cuda_graph``: one static step
+    (Adam in torch's capturable form, counters on the device), captured as a CUDA graph on a GPU
+    after ``GRAPH_WARMUP`` eager steps and replayed, the stop flag read every ``GRAPH_CHECK_EVERY``
+    steps; on a CPU the same step runs uncaptured. It changes only rounding.
     """
-    device = next(model.parameters()).device
-    n_req = len(requests)
-    mlp_name = (hp.mlp_module_tmp or adapter.mlp_module_tmp).format(layer)
-    block_name = (hp.layer_module_tmp or adapter.layer_module_tmp).format(layer)
     n_layers = adapter.num_layers(model)
-    loss_layer = max(hp.v_loss_layer, layer)
-    if loss_layer >= n_layers:
+    if max(hp.v_loss_layer, layer) >= n_layers:
         raise ValueError(f"v_loss_layer {hp.v_loss_layer} is beyond the model's {n_layers} layers")
-
-    # ---- prompts, labels and lookup positions, request by request -------------------------------
-    texts, positions, row_req = [], [], []
-    label_rows, label_pos, label_ids, label_req = [], [], [], []
-    kl_rows, t_lens = [], []
     with region("target/prepare"):
-        for r, req in enumerate(requests):
-            ids = target_token_ids(tok, req, hp.strip_target_bos)
-            t_lens.append(len(ids))
-            target_prefix = tok.decode(ids[:-1])
-            prompts = [t.format(req.prompt) + target_prefix for t in templates] + [KL_PROMPT]
-            for i, p in enumerate(prompts):
-                row = len(texts)
-                texts.append(p.format(req.subject))
-                positions.append(lookup_index(tok, p, req.subject, hp.fact_token, hp.subject_index_rule))
-                row_req.append(r)
-                if i == len(prompts) - 1:
-                    kl_rows.append(row)
-                else:
-                    # Labels sit on the last T positions of each rewrite prompt (placed below, once
-                    # the lengths are known).
-                    label_rows.append(row)
-                    label_req.append(r)
-                    label_ids.append(ids)
-        batch = tokenize_batch(tok, texts, device)
-        lengths = batch.lengths.tolist()
-        flat_rows, flat_pos, flat_ids, flat_req, flat_w = [], [], [], [], []
-        n_prompts = len(templates)
-        for row, r, ids in zip(label_rows, label_req, label_ids):
-            T = len(ids)
-            if lengths[row] < T:
-                raise RequestError(f"request {requests[r].name}: rewrite prompt shorter than its target")
-            for j, tid in enumerate(ids):
-                flat_rows.append(row)
-                flat_pos.append(lengths[row] - T + j)
-                flat_ids.append(tid)
-                flat_req.append(r)
-                # mean over prompts of (sum over tokens)/T, as one weighted sum
-                flat_w.append(1.0 / (T * n_prompts))
-        for row, p in enumerate(positions):
-            if not 0 <= p < lengths[row]:
-                raise RequestError(f"request {requests[row_req[row]].name}: lookup position outside its prompt")
+        rows, sizes = target_prompts(tok, requests, templates, hp)
+    device = next(model.parameters()).device
+    opts = dict(delta_dtype=delta_dtype, early_stop_patience=early_stop_patience, sync_stop=sync_stop,
+                cuda_graph=cuda_graph)
+    saved_grad = [p.requires_grad for p in model.parameters()]
+    parts = []
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for chunk in _chunks(sizes, chunk_tokens):
+            with region("target/prepare"):
+                prompts = prompt_set(tok, [rows[i] for i in chunk], device)
+            with upper_stack(model, adapter, hp, prompts, layer, delta_site, nll_from, pack, autocast_dtype,
+                             low_precision_weights) as (stack, v_init):
+                parts.append(optimise(stack, v_init, hp, **opts))
+    finally:
+        for p, g in zip(model.parameters(), saved_grad):
+            p.requires_grad_(g)
+    return TargetValues.concat(parts)
 
-    lab_rows = torch.tensor(flat_rows, device=device)
-    lab_pos = torch.tensor(flat_pos, device=device)
-    lab_ids = torch.tensor(flat_ids, device=device)
-    lab_req = torch.tensor(flat_req, device=device)
-    lab_w = torch.tensor(flat_w, device=device, dtype=torch.float64)
-    look_rows = torch.arange(len(texts), device=device)
-    look_pos = torch.tensor(positions, device=device)
-    look_req = torch.tensor(row_req, device=device)
-    kl_rows_t = torch.tensor(kl_rows, device=device)
-    kl_pos = look_pos[kl_rows_t]
-    first_rows = torch.tensor([kl_rows[r] - n_prompts for r in range(n_req)], device=device)
 
-    # ---- everything below the edit layer, once --------------------------------------------------
-    with region("target/prefix"), torch.no_grad():
-        outs = [block_name] + ([mlp_name] if delta_site == "mlp" else [])
-        with record(model, outputs=outs, stop_after=block_name) as rec:
-            model(**batch.model_inputs(), use_cache=False)
-        hidden = rec.outputs[block_name]  # (B, S, d): residual stream after the edit layer
-        site = rec.outputs[mlp_name] if delta_site == "mlp" else hidden
-        rows0 = first_rows.to(site.device)
-        v_init = site[rows0, look_pos.to(site.device)[rows0]].clone()  # (n, d), model dtype
+class _Deltas:
+    """The optimisation's state per request: δ (n, d) and Adam's moments, stop flags, step counts;
+    ``keep`` drops stopped requests (their results stay in ``delta_all``/``steps_all``)."""
 
-    # With a device_map the edit layer may sit on another device than the embedding: δ, its Adam
-    # state and the index tensors live where the edit layer's output does, the loss where the LM
-    # head is (both the same device otherwise).
-    device = hidden.device
-    lab_rows, lab_pos, look_rows, look_pos, look_req, kl_rows_t, kl_pos = (
-        t.to(device) for t in (lab_rows, lab_pos, look_rows, look_pos, look_req, kl_rows_t, kl_pos)
-    )
+    def __init__(self, v_init: torch.Tensor, hp, dtype, n_iter: int):
+        n, dev = v_init.shape[0], v_init.device
+        self.delta = torch.zeros(v_init.shape, dtype=dtype, device=dev, requires_grad=True)
+        self.m, self.v = torch.zeros_like(self.delta), torch.zeros_like(self.delta)
+        self.active = torch.ones(n, dtype=torch.bool, device=dev)
+        self.hits = torch.zeros(n, dtype=torch.long, device=dev)
+        self.steps = torch.zeros(n, dtype=torch.long, device=dev)
+        self.init_norm = v_init.to(dtype).norm(dim=-1)
+        self.max_norm = hp.clamp_norm_factor * self.init_norm
+        self.kl_init: torch.Tensor | None = None
+        self.ids = torch.arange(n, device=dev)
+        self.delta_all, self.steps_all = self.delta.detach().clone(), self.steps.clone()
+        self.loss_buf = torch.full((max(n_iter, 0), n), torch.nan, dtype=dtype, device=dev)
 
-    lm_w, lm_b = adapter.lm_head(model)
-    if hp.lm_head_module:
-        head = get_module(model, hp.lm_head_module)
-        lm_w, lm_b = head.weight, getattr(head, "bias", None)
-    ln_f = get_module(model, hp.ln_f_module or adapter.ln_f_module)
-    model_head = model.get_output_embeddings()
-    run_dtype = hidden.dtype
-    swap = contextlib.nullcontext()
-    if low_precision_weights is not None and autocast_dtype is None:
-        upper = list(get_module(model, adapter.layers))[layer + 1 :]
-        modules = upper + [ln_f, model_head] + ([head] if hp.lm_head_module else [])
-        if adapter.position_embedding:  # GPT-2 adds zero positions in its dtype (upper_layers_only)
-            modules.append(get_module(model, adapter.position_embedding))
-        swap = low_precision_weights.swapped(modules)
-        run_dtype = low_precision_weights.dtype
+    def flush(self) -> None:
+        self.delta_all[self.ids] = self.delta.detach()
+        self.steps_all[self.ids] = self.steps
 
-    packed = pack and supports_packing(model)
-    with swap:
-        if packed:
-            with region("target/prefix"):
-                layout = SuffixLayout.build(
-                    lengths, positions, hidden.shape[1], device, run_dtype,
-                    boolean_mask=mask_kind(model) == "bool",
-                )
-                flat = hidden.reshape(-1, hidden.shape[-1])
-                cache = layout.prefix_cache(adapter, model, flat.to(run_dtype), layer + 1)
-                suffix_base = flat[layout.suf_index]  # (rows, Q, d)
-                delta_r, delta_c = layout.slot_row, layout.slot_start  # each prompt's lookup token
-                lab_r, lab_c = layout.slots(lab_rows, lab_pos)
-                kl_r, kl_c = layout.slots(kl_rows_t, kl_pos)
+    def keep(self, keep: torch.Tensor) -> None:
+        self.flush()
+        for name in ("m", "v", "active", "hits", "steps", "init_norm", "max_norm", "ids"):
+            setattr(self, name, getattr(self, name)[keep])
+        self.kl_init = self.kl_init[keep] if self.kl_init is not None else None
+        self.delta = self.delta.detach()[keep].requires_grad_(True)
 
-        w_dtype = delta_dtype or (torch.float64 if hidden.dtype == torch.float64 else torch.float32)
-        delta = torch.zeros((n_req, hidden.shape[-1]), dtype=w_dtype, device=device, requires_grad=True)
-        m = torch.zeros_like(delta, requires_grad=False)
-        v = torch.zeros_like(delta, requires_grad=False)
-        active = torch.ones(n_req, dtype=torch.bool, device=device)
-        init_norm = v_init.to(w_dtype).norm(dim=-1)  # (n,)
-        max_norm = hp.clamp_norm_factor * init_norm
-        steps_taken = torch.zeros(n_req, dtype=torch.long, device=device)
 
-        loss_block = (hp.layer_module_tmp or adapter.layer_module_tmp).format(loss_layer)
-        read_loss_layer = nll_from == "loss_layer" and loss_layer < n_layers - 1
+def optimise(stack, v_init, hp, delta_dtype=None, early_stop_patience=None, sync_stop=True, cuda_graph=False):
+    """Adam on δ for every request of ``stack`` (an :class:`~.stepping.UpperStack`), the references'
+    loop: ``v_num_grad_steps`` forward passes, stop before the backward once the loss is < 5e-2, the
+    last pass only reports (so it is not run), the norm clamp after each step."""
+    dtype = delta_dtype or (torch.float64 if v_init.dtype == torch.float64 else torch.float32)
+    n_iter = hp.v_num_grad_steps - 1
+    st = _Deltas(v_init, hp, dtype, n_iter)
+    it_t = torch.zeros(1, dtype=torch.long, device=v_init.device)  # static form: loss_buf's row and
+    step_t = torch.zeros((), dtype=dtype, device=v_init.device)  # Adam's step, on the device
 
-        out_dev = lm_w.device
-        lab_ids, lab_req, lab_w = lab_ids.to(out_dev), lab_req.to(out_dev), lab_w.to(out_dev)
-        hits = torch.zeros(n_req, dtype=torch.long, device=device)
-        n_labels = torch.zeros(n_req, dtype=torch.long, device=out_dev).index_add(0, lab_req, torch.ones_like(lab_req))
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=autocast_dtype)
-            if autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        # The references run v_num_grad_steps forward passes, the last of which only reports its loss
-        # and breaks before stepping: it cannot change δ, so it is not run here.
-        n_iter = hp.v_num_grad_steps - 1
-        loss_buf = torch.full((max(n_iter, 0), n_req), torch.nan, dtype=w_dtype, device=device)
-        # static (graph-mode) iteration counters: the row of loss_buf and Adam's step, on the device
-        it_t = torch.zeros(1, dtype=torch.long, device=device)
-        step_t = torch.zeros((), dtype=torch.float64 if w_dtype == torch.float64 else torch.float32, device=device)
-        kl_init: list[torch.Tensor] = []
+    def forward_loss(it: int | None) -> torch.Tensor:
+        with region("target/forward"):
+            nll_logits, kl_logits = stack.logits(st.delta)
+            if st.kl_init is None:  # the first pass (δ = 0) gives the KL's reference distribution
+                st.kl_init = log_probs(kl_logits.detach())
+            loss = target_loss(nll_logits, kl_logits, st.kl_init, st.delta, st.init_norm, stack.lab_ids,
+                               stack.lab_req, stack.lab_w, hp)
+        shown = torch.where(st.active, loss.detach(), torch.nan)
+        if it is None:
+            st.loss_buf.index_copy_(0, it_t, shown[None])
+        else:
+            st.loss_buf[it, st.ids] = shown
+        st.active.logical_and_(~(loss.detach() < STOP_LOSS))
+        if early_stop_patience:
+            correct = (nll_logits.detach().argmax(-1) == stack.lab_ids).long()
+            n_right = torch.zeros_like(st.hits).index_add(0, stack.lab_req.to(st.hits.device), correct.to(st.hits.device))
+            n_labels = torch.zeros_like(st.hits).index_add(0, stack.lab_req.to(st.hits.device),
+                                                           torch.ones_like(correct).to(st.hits.device))
+            st.hits.add_((st.active & (n_right == n_labels)).long())
+            st.active.logical_and_(st.hits < early_stop_patience)
+        return loss
 
-        def forward_loss(it: int | None) -> torch.Tensor:
-            """One forward pass and the loss of every request; records the loss at iteration ``it``
-            (``None``: at ``it_t``, on the device) and updates the stop flags in place."""
-            with region("target/forward"), autocast:
-                if packed:
-                    add = torch.zeros_like(suffix_base)
-                    add[delta_r, delta_c] = delta[look_req].to(suffix_base.dtype)
-                    h = (suffix_base + add).to(run_dtype)
-                    rows, cols, krows, kcols = lab_r, lab_c, kl_r, kl_c
-
-                    def run():
-                        return layout.run_suffix(adapter, model, h, layer + 1, cache)
-                else:
-                    add = torch.zeros_like(hidden)
-                    add[look_rows, look_pos] = delta[look_req].to(hidden.dtype)
-                    h = (hidden + add).to(run_dtype)
-                    rows, cols, krows, kcols = lab_rows, lab_pos, kl_rows_t, kl_pos
-
-                    def run():
-                        return adapter.run_upper_layers(model, h, batch.attention_mask, layer + 1)
-                if read_loss_layer and loss_layer == layer:
-                    # the loss reads the edited layer's own (δ-shifted) output
-                    top = run()
-                    nll_hidden = ln_f(h[rows, cols])
-                elif read_loss_layer:
-                    with record(model, outputs=[loss_block], detach=False) as rec:
-                        top = run()
-                    nll_hidden = ln_f(_at(rec.outputs[loss_block], rows, cols))
-                else:
-                    top = run()
-                    nll_hidden = _at(top, rows, cols)
-                kl_top = _at(top, krows, kcols).to(out_dev)
-                if nll_from == "logits":
-                    nll_logits = model_head(nll_hidden.to(out_dev))
-                else:
-                    nll_logits = F.linear(nll_hidden.to(out_dev), lm_w, lm_b)
-                logp = torch.log_softmax(nll_logits.float() if nll_logits.dtype != torch.float64 else nll_logits, -1)
-                tok_lp = logp.gather(1, lab_ids[:, None])[:, 0]
-                nll = torch.zeros(n_req, dtype=tok_lp.dtype, device=out_dev).index_add(
-                    0, lab_req, -tok_lp * lab_w.to(tok_lp.dtype)
-                )
-                kl_logits = model_head(kl_top)
-                kl_lp = torch.log_softmax(kl_logits.float() if kl_logits.dtype != torch.float64 else kl_logits, -1)
-                if not kl_init:
-                    kl_init.append(kl_lp.detach().clone())
-                # kl_div(init, current, log_target=True, batchmean) with one KL prompt per request
-                kl = (kl_lp.exp() * (kl_lp - kl_init[0])).sum(-1)
-                decay = hp.v_weight_decay * delta.norm(dim=-1) / init_norm**2
-                loss = (nll.to(delta.dtype) + hp.kl_factor * kl.to(delta.dtype)).to(device) + decay
-            shown = torch.where(active, loss.detach(), torch.nan)
+    def backward_update(loss: torch.Tensor, it: int | None) -> None:
+        with region("target/backward"):
+            grad = torch.autograd.grad(loss.sum(), st.delta)[0]
+        with region("target/adam"), torch.no_grad():
             if it is None:
-                loss_buf.index_copy_(0, it_t, shown[None])
-            else:
-                loss_buf[it] = shown
-            active.logical_and_(~(loss.detach() < STOP_LOSS))
-            if early_stop_patience:
-                correct = (nll_logits.detach().argmax(-1) == lab_ids).long()
-                all_right = (torch.zeros_like(n_labels).index_add(0, lab_req, correct) == n_labels).to(device)
-                hits.add_((active & all_right).long())
-                active.logical_and_(hits < early_stop_patience)
-            return loss
+                step_t.add_(1)
+                it_t.add_(1)
+            _adam_step(st.delta, grad, st.m, st.v, step_t if it is None else it + 1, hp.v_lr, st.active)
+            norms = st.delta.norm(dim=-1)
+            over = st.active & (norms > st.max_norm)
+            st.delta.mul_(torch.where(over, st.max_norm / norms, torch.ones_like(norms))[:, None])
+            st.steps.add_(st.active.long())
 
-        def backward_update(loss: torch.Tensor, it: int | None) -> None:
-            """Gradient of the loss for δ, one Adam step on the active requests, the norm clamp.
-            ``it`` is the iteration (``None``: Adam's step count lives on the device, in ``step_t``,
-            and Adam runs in torch's capturable form)."""
-            with region("target/backward"):
-                grad = torch.autograd.grad(loss.sum(), delta)[0]
-            with region("target/adam"), torch.no_grad():
-                if it is None:
-                    step_t.add_(1)
-                    it_t.add_(1)
-                _adam_step(delta, grad, m, v, step_t if it is None else it + 1, hp.v_lr, active)
-                norms = delta.norm(dim=-1)
-                over = active & (norms > max_norm)
-                scale = torch.where(over, max_norm / norms, torch.ones_like(norms))
-                delta.mul_(scale[:, None])
-                steps_taken.add_(active.long())
+    device = v_init.device
+    if cuda_graph:
+        use_graph = device.type == "cuda" and n_iter > stepping.GRAPH_WARMUP and \
+            len({p.device for p in stack.model.parameters()}) == 1  # not over a device_map
+        n_run = stepping.run_static(forward_loss, backward_update, n_iter, st.active, use_graph, sync_stop)
+    else:
+        n_run = _run_eager(forward_loss, backward_update, n_iter, st, stack, sync_stop or device.type == "cpu")
+    st.flush()
+    return _result(v_init, st, n_run)
 
-        use_graph = (
-            cuda_graph and device.type == "cuda" and n_iter > GRAPH_WARMUP
-            and len({p.device for p in model.parameters()}) == 1  # not over a device_map
-        )
-        saved_grad = [p.requires_grad for p in model.parameters()]
-        try:
-            for p in model.parameters():
-                p.requires_grad_(False)
-            if cuda_graph:
-                n_run = _run_static(forward_loss, backward_update, n_iter, active, use_graph, sync_stop)
-            else:
-                n_run = 0
-                for it in range(n_iter):
-                    loss = forward_loss(it)
-                    n_run = it + 1
-                    if (sync_stop or device.type == "cpu") and not bool(active.any()):
-                        break
-                    backward_update(loss, it)
-        finally:
-            for p, g in zip(model.parameters(), saved_grad):
-                p.requires_grad_(g)
 
-    delta = delta.detach()
-    values = v_init.to(delta.dtype) + delta
-    loss_curve = loss_buf[:n_run].cpu()
+def _run_eager(forward_loss, backward_update, n_iter: int, st: _Deltas, stack, read_flags: bool) -> int:
+    """The loop step by step; with ``read_flags`` it leaves once every request has stopped and drops
+    stopped requests from the rows before the next step. Returns the forward passes run."""
+    n_run = 0
+    for it in range(n_iter):
+        loss = forward_loss(it)
+        n_run = it + 1
+        n_active = int(st.active.sum()) if read_flags else len(st.active)
+        if n_active == 0:
+            break
+        backward_update(loss, it)
+        if n_active < len(st.active) and it + 1 < n_iter:
+            keep = st.active.clone()
+            st.keep(keep)
+            stack.keep(keep)
+    return n_run
+
+
+def _result(v_init: torch.Tensor, st: _Deltas, n_run: int) -> TargetValues:
+    delta = st.delta_all
+    loss_curve = st.loss_buf[:n_run].cpu()
     while len(loss_curve) and bool(loss_curve[-1].isnan().all()):
         loss_curve = loss_curve[:-1]  # a static loop runs on after every request has stopped
-    return TargetValues(values=values, v_init=v_init, delta=delta, losses=loss_curve, steps=steps_taken.tolist())
-
-
-def _at(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``x[rows, cols]`` with the indices moved to ``x``'s device (a no-op on one device)."""
-    return x[rows.to(x.device), cols.to(x.device)]
-
-
-def _run_static(forward_loss, backward_update, n_iter: int, active, use_graph: bool, sync_stop: bool) -> int:
-    """The optimisation as one static step (forward, loss, backward, Adam) repeated ``n_iter`` times:
-    the first ``GRAPH_WARMUP`` steps run eagerly (on a side stream when capturing), then, with
-    ``use_graph``, one step is captured as a CUDA graph and replayed for the rest; without it (CPUs,
-    tests) the same step is called directly. The stop flag is read once every ``GRAPH_CHECK_EVERY``
-    steps (if ``sync_stop``); stopped requests stay frozen on the device in between. Returns the
-    number of steps run. If capture fails, the remaining steps run eagerly."""
-
-    def step():
-        backward_update(forward_loss(None), None)
-
-    done, graph = 0, None
-    if use_graph:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(min(n_iter, GRAPH_WARMUP)):
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        done = min(n_iter, GRAPH_WARMUP)
-        if done == n_iter or (sync_stop and not bool(active.any())):
-            return done
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with region("target/capture"), torch.cuda.graph(graph):
-                step()
-        except Exception as exc:  # e.g. an operation the model runs is not capturable
-            log.warning("CUDA graph capture of the optimisation step failed (%s); running it eagerly", exc)
-            graph = None
-    while done < n_iter:
-        if graph is None:
-            step()
-        else:
-            with region("target/replay"):
-                graph.replay()
-        done += 1
-        if sync_stop and done % GRAPH_CHECK_EVERY == 0 and not bool(active.any()):
-            break
-    return done
+    return TargetValues(values=v_init.to(delta.dtype) + delta, v_init=v_init, delta=delta, losses=loss_curve,
+                        steps=st.steps_all.tolist())

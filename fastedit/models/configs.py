@@ -2,7 +2,7 @@
 
 Right for parity tests and timing, not for efficacy. ``tiny`` sizes keep tests fast on a CPU; the
 named full sizes (``gpt2-xl``, ``gpt-j-6b``, ``llama-3-8b``) give the published shapes for GPU
-benchmarks.
+benchmarks; their ``-narrow`` variants (width 16) are CPU proxies for the per-edit overhead.
 """
 
 from __future__ import annotations
@@ -37,6 +37,15 @@ FULL_SIZES = {
         ),
     ),
 }
+
+# The same depth, layer structure and vocabulary at width 16: CPU proxies of the full models whose
+# time goes where the full model's Python goes (per-layer calls, per-step overhead), not to matmuls.
+FULL_SIZES["gpt2-xl-narrow"] = ("gpt2", {**FULL_SIZES["gpt2-xl"][1], "n_embd": 16, "n_head": 2})
+FULL_SIZES["llama-3-8b-narrow"] = (
+    "llama",
+    {**FULL_SIZES["llama-3-8b"][1], "hidden_size": 16, "intermediate_size": 56, "num_attention_heads": 2,
+     "num_key_value_heads": 1},
+)
 
 
 def _config(arch: str, tiny: bool = True, **overrides):

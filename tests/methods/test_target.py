@@ -111,7 +111,7 @@ def test_static_step_reads_nothing_from_the_device(arch, attn, gpt2_tok, monkeyp
     """What a CUDA graph captures must not read a tensor's value on the host (that would be a
     synchronisation, which capture forbids): the static step runs here with every such read
     raising."""
-    import fastedit.methods.target as target
+    import fastedit.methods.stepping as stepping
 
     model = random_model(arch)
     model.config._attn_implementation = attn
@@ -125,7 +125,7 @@ def test_static_step_reads_nothing_from_the_device(arch, attn, gpt2_tok, monkeyp
             raise AssertionError(f"host read Tensor.{name} inside the static step")
         return read
 
-    original = target._run_static
+    original = stepping.run_static
 
     def guarded(forward_loss, backward_update, n_iter, active, use_graph, sync_stop):
         def fwd(it):
@@ -143,6 +143,28 @@ def test_static_step_reads_nothing_from_the_device(arch, attn, gpt2_tok, monkeyp
 
         return original(fwd, bwd, n_iter, active, use_graph, sync_stop=False)
 
-    monkeypatch.setattr(target, "_run_static", guarded)
+    monkeypatch.setattr(stepping, "run_static", guarded)
     out = compute_target_values(model, gpt2_tok, ad, REQS, TEMPLATES, hp, 1, "block", "loss_layer", cuda_graph=True)
     assert calls == [None, None, None] and out.steps == [3, 3]
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_batch_equals_requests_alone(pack, gpt2_tok, own_guess_request):
+    """A batch gives each request what it gets alone: the rows of requests that have stopped are
+    dropped mid-loop (one stops at once, early stopping with patience 1), and a batch split into
+    chunks of one request each gives what one chunk gives."""
+    model, ad, hp, site, source = edit_setup("gpt2", "memit", 7, torch.float64)
+    reqs = [REQS[0], own_guess_request(model, gpt2_tok), REQS[1]]
+    kw = dict(pack=pack, early_stop_patience=1)
+    t = ["{}"]  # the own-guess request's target is the argmax of this prompt alone
+    batch = compute_target_values(model, gpt2_tok, ad, reqs, t, hp, 1, site, source, **kw)
+    alone = [compute_target_values(model, gpt2_tok, ad, [r], t, hp, 1, site, source, **kw) for r in reqs]
+    chunked = compute_target_values(model, gpt2_tok, ad, reqs, t, hp, 1, site, source, chunk_tokens=1, **kw)
+    assert batch.steps[1] == 0 < batch.steps[0]
+    assert batch.steps == [a.steps[0] for a in alone] == chunked.steps
+    for out in (chunked, batch):
+        for j, a in enumerate(alone):
+            assert float((out.values[j] - a.values[0]).norm() / a.values[0].norm()) < 1e-10
+            n = a.losses.shape[0]
+            assert torch.allclose(out.losses[:n, j], a.losses[:, 0], rtol=1e-10, atol=0, equal_nan=True)
+            assert out.losses[n:, j].isnan().all()
