@@ -142,6 +142,8 @@ _RULES = {
     "subject_index_rule": _choice(INDEX_RULES),
     "strip_target_bos": _bool,
     "solve_dtype": _choice((None, "float32", "float64")),
+    "stats_dir": _name(True),
+    "alg_name": _name(True),
 }
 _TEMPLATES = ("rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp")
 
@@ -244,6 +246,9 @@ class HyperParams:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "HyperParams":
         data = dict(data)
+        if "easyedit_runtime" in data:  # made here from EasyEdit's run-time keys, never read
+            raise HyperParamsError(f"{cls.__name__}: unknown key(s) 'easyedit_runtime' (give EasyEdit's "
+                                   f"run-time keys themselves: {', '.join(EASYEDIT_RUNTIME_KEYS)})")
         runtime = {k: data.pop(k) for k in list(data) if k in EASYEDIT_RUNTIME_KEYS}
         if runtime:
             data["easyedit_runtime"] = tuple(sorted(runtime.items()))

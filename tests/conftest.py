@@ -21,6 +21,12 @@ SHARED_DATA = Path(os.environ.get("FASTEDIT_DATA_DIR", REPO.parent / "shared" / 
 os.environ.setdefault("FASTEDIT_CACHE", str(REPO / ".fastedit-cache"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# Property-based cases are the same at every run (a failure reproduces; nothing is written to disk).
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("fastedit", derandomize=True, database=None)
+settings.load_profile("fastedit")
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

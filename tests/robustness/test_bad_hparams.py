@@ -109,3 +109,13 @@ def test_any_value_in_any_field_is_valid_or_named(field, value):
         return
     hp.to_dict()  # a valid object is a usable one
     assert all(isinstance(l, int) for l in hp.layers)
+
+
+@pytest.mark.parametrize("field,value", [("easyedit_runtime", None), ("easyedit_runtime", [["device", 0]]),
+                                         ("stats_dir", 5), ("stats_dir", ""), ("alg_name", ["MEMIT"])])
+def test_easyedit_fields_are_checked_by_name(field, value):
+    """The fields an EasyEdit file adds are checked like the others (the run-time pairs are made by
+    fastedit from EasyEdit's own keys, never read)."""
+    with pytest.raises(HyperParamsError) as e:
+        MEMITHyperParams.from_dict({**BASE, field: value})
+    assert field in str(e.value)
