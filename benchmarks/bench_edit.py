@@ -84,16 +84,16 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300))
 
 
-def run_throughput(args) -> dict:
-    from fastedit.engine import EditSession
+def prepare(args, **hp_changes):
+    """(model, tok, hp with ``hp_changes``, stats_dir, its statistics store with the edited layers'
+    statistics loaded, the context templates) for a benchmark run."""
     from fastedit.methods.templates import memit_templates, rome_templates
-    from fastedit.profiling import chrome_trace
+    from fastedit.models import get_adapter
     from fastedit.stats.store import SecondMomentStore
     from fastedit.stats.synthetic import write_synthetic_second_moments
-    from fastedit.models import get_adapter
 
     model, tok, hp, synthetic = load(args)
-    hp = hp.replace(mom2_n_samples=args.stats_samples) if args.stats_samples else hp
+    hp = hp.replace(**hp_changes) if hp_changes else hp
     stats_dir = Path(args.stats_dir)
     if synthetic:
         write_synthetic_second_moments(model, hp, stats_dir)
@@ -104,6 +104,16 @@ def run_throughput(args) -> dict:
     with torch.no_grad():
         templates = (rome_templates(model, tok, hp.context_template_length_params, seed=args.seed)
                      if args.method != "memit" else memit_templates(model, tok, seed=args.seed))
+    return model, tok, hp, stats_dir, store, templates
+
+
+def run_throughput(args) -> dict:
+    from fastedit.engine import EditSession
+    from fastedit.models import get_adapter
+    from fastedit.profiling import chrome_trace
+
+    model, tok, hp, stats_dir, store, templates = prepare(
+        args, **({"mom2_n_samples": args.stats_samples} if args.stats_samples else {}))
     reqs = counterfact(args.edits * args.batch_size)
     batches = [reqs[i : i + args.batch_size] for i in range(0, len(reqs), args.batch_size)]
     hp_dict = {**hp.to_dict()}
@@ -274,22 +284,9 @@ def run_memory(args) -> dict:
     import tempfile
 
     from fastedit.engine import EditSession
-    from fastedit.methods.templates import memit_templates, rome_templates
-    from fastedit.models import get_adapter
-    from fastedit.stats.store import SecondMomentStore
-    from fastedit.stats.synthetic import write_synthetic_second_moments
 
-    model, tok, hp, synthetic = load(args)
-    hp = hp.replace(v_num_grad_steps=args.steps) if args.steps else hp
-    stats_dir = Path(args.stats_dir)
-    if synthetic:
-        write_synthetic_second_moments(model, hp, stats_dir)
-    store = SecondMomentStore(model, tok, get_adapter(model), hp, stats_dir=stats_dir, source=args.stats_source,
-                              max_len=args.stats_max_len, progress=False)
-    store.ensure(hp.layers)
-    with torch.no_grad():
-        templates = (rome_templates(model, tok, hp.context_template_length_params, seed=args.seed)
-                     if args.method != "memit" else memit_templates(model, tok, seed=args.seed))
+    model, tok, hp, stats_dir, store, templates = prepare(
+        args, **({"v_num_grad_steps": args.steps} if args.steps else {}))
     pool = counterfact(min(args.memory * args.batch_size, 10_000))
     sess = EditSession(model, tok, args.method, hp, mode=args.mode, options=parse_options(args.option),
                        templates=templates, stats_dir=stats_dir, progress=False)
