@@ -17,18 +17,25 @@ def _first(x):
     return x[0] if isinstance(x, tuple) else x
 
 
-def subject_index(tok, template: str, subject: str, fact_token: str = "subject_last") -> int:
-    """kmeng01's additive rule on one template with '{}'."""
+def subject_index(tok, template: str, subject: str, fact_token: str = "subject_last", rule: str = "additive") -> int:
+    """The lookup index in ``template`` (one '{}') filled with ``subject``: kmeng01's additive rule
+    (pieces tokenised apart, lengths added) or AlphaEdit's ``concat`` rule (lengths of
+    ``encode(prefix)``, ``encode(prefix + subject)``, ``encode(prefix + subject + suffix)``)."""
     i = template.index("{}")
     prefix, suffix = template[:i], template[i + 2 :]
-    word = subject
-    if len(prefix) > 0:
-        assert prefix[-1] == " "
-        prefix = prefix[:-1]
-        word = " " + subject.strip()
-    lp = len(tok(prefix)["input_ids"])
-    lw = len(tok(word)["input_ids"])
-    ls = len(tok(suffix)["input_ids"])
+    if rule == "concat":
+        lp = len(tok.encode(prefix))
+        lw = len(tok.encode(prefix + subject)) - lp
+        ls = len(tok.encode(prefix + subject + suffix)) - lp - lw
+    else:
+        word = subject
+        if len(prefix) > 0:
+            assert prefix[-1] == " "
+            prefix = prefix[:-1]
+            word = " " + subject.strip()
+        lp = len(tok(prefix)["input_ids"])
+        lw = len(tok(word)["input_ids"])
+        ls = len(tok(suffix)["input_ids"])
     if fact_token == "subject_last":
         return lp + lw - 1
     if fact_token == "subject_first":
@@ -78,6 +85,8 @@ def optimise(model, tok, request, hp, layer, templates, site, nll_from):
     device = next(model.parameters()).device
     target = request["target_new"] if request["target_new"].startswith(" ") else " " + request["target_new"]
     target_ids = tok(target)["input_ids"]
+    if hp.get("strip_target_bos") and target_ids and target_ids[0] in (tok.bos_token_id, tok.unk_token_id):
+        target_ids = target_ids[1:]  # AlphaEdit's compute_z drops a BOS or UNK the tokenizer prepends
     T = len(target_ids)
     rewriting = [t.format(request["prompt"]) + tok.decode(target_ids[:-1]) for t in templates]
     all_prompts = rewriting + ["{} is a"]
@@ -86,7 +95,7 @@ def optimise(model, tok, request, hp, layer, templates, site, nll_from):
     for i in range(len(rewriting)):
         n = int(mask[i].sum())
         targets[i, n - T : n] = torch.tensor(target_ids, device=device)
-    lookup = [subject_index(tok, p, request["subject"], hp["fact_token"]) for p in all_prompts]
+    lookup = [subject_index(tok, p, request["subject"], hp["fact_token"], hp.get("subject_index_rule", "additive")) for p in all_prompts]
     loss_layer = max(hp["v_loss_layer"], layer)
     cfg = model.config
     d = getattr(cfg, "n_embd", None) or cfg.hidden_size

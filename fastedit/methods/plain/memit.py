@@ -26,7 +26,7 @@ def memit(model, tok, requests, hp, groups, second_moment):
         for r in requests:
             ctx += [t.format(r["prompt"]) for t in flat]
             words += [r["subject"]] * len(flat)
-        idx = [subject_index(tok, c, w, hp["fact_token"]) for c, w in zip(ctx, words)]
+        idx = [subject_index(tok, c, w, hp["fact_token"], hp.get("subject_index_rule", "additive")) for c, w in zip(ctx, words)]
         ks, _ = _reprs(model, tok, [c.format(w) for c, w in zip(ctx, words)], idx, name)
         sizes = [len(g) for g in groups]
         per_req = []
@@ -35,7 +35,7 @@ def memit(model, tok, requests, hp, groups, second_moment):
             starts = np.cumsum([0] + sizes)
             per_req.append(torch.stack([block[a:b].mean(0) for a, b in zip(starts[:-1], starts[1:])]).mean(0))
         K = torch.stack(per_req, 1)
-        bare = [subject_index(tok, r["prompt"], r["subject"], hp["fact_token"]) for r in requests]
+        bare = [subject_index(tok, r["prompt"], r["subject"], hp["fact_token"], hp.get("subject_index_rule", "additive")) for r in requests]
         _, cur = _reprs(model, tok, [r["prompt"].format(r["subject"]) for r in requests], bare, hp["layer_module_tmp"].format(L))
         K, R = K.double(), (Z - cur.T).double()
         C = second_moment(layer).double()

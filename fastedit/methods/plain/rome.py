@@ -19,7 +19,7 @@ def rome(model, tok, request, hp, templates, second_moment, variant="rome", u_fr
     for layer in sorted(hp["layers"]):
         name = hp["rewrite_module_tmp"].format(layer)
         ctx = [t.format(request["prompt"]) for t in templates]
-        idx = [subject_index(tok, c, request["subject"], hp["fact_token"]) for c in ctx]
+        idx = [subject_index(tok, c, request["subject"], hp["fact_token"], hp.get("subject_index_rule", "additive")) for c in ctx]
         ks, _ = _reprs(model, tok, [c.format(request["subject"]) for c in ctx], idx, name)
         k_avg = ks.mean(0)
         u = k_avg if u_from_average else ks[0]
@@ -34,7 +34,7 @@ def rome(model, tok, request, hp, templates, second_moment, variant="rome", u_fr
             k, cur = torch.cat(ins).mean(0), torch.cat(outs).mean(0)
             right = (v_init + delta - cur) / torch.dot(k, u)
         else:
-            bare = subject_index(tok, request["prompt"], request["subject"], hp["fact_token"])
+            bare = subject_index(tok, request["prompt"], request["subject"], hp["fact_token"], hp.get("subject_index_rule", "additive"))
             k, cur = _reprs(model, tok, [request["prompt"].format(request["subject"])], [bare], name)
             k, cur = k[0], cur[0]
             goal = cur + delta if variant == "prompt" else v_init + delta
