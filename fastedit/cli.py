@@ -5,6 +5,7 @@
     fastedit stats --model M --hparams smollm2-135m --method memit --source wiki.jsonl
     fastedit run --model smollm2-135m --method memit --data counterfact.json --edits 1000 --eval-every 50 --out runs/x
     fastedit plot runs/x                       redraw a run's plots
+    fastedit compare runs/memit runs/encore --out runs/cmp   several runs in one figure and one table
     fastedit presets                           the shipped hyperparameter presets and their sources
 
 Models are fastedit names (``smollm2-135m``), local folders or hub ids. Run ``fastedit CMD --help``.
@@ -133,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plot", help="redraw the plots of a run directory")
     pl.add_argument("run_dir")
+
+    c = sub.add_parser("compare", help="draw several run directories (e.g. one per method) into one figure and one table")
+    c.add_argument("run_dirs", nargs="+", help="run directories written by `fastedit run`")
+    c.add_argument("--out", required=True, help="folder for compare.png and compare.md")
+    c.add_argument("--title", default=None)
 
     sub.add_parser("presets", help="list the shipped hyperparameter presets")
     return ap
@@ -287,12 +293,21 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .experiments.compare import compare_runs
+
+    png, md = compare_runs(args.run_dirs, args.out, args.title)
+    print(md.read_text(), end="")
+    print(f"figure: {png}")
+    return 0
+
+
 def cmd_presets(args) -> int:
     from .hparams import PRESET_SOURCES
 
-    print(f"{'method':<7} {'model':<14} source")
+    print(f"{'method':<10} {'model':<14} source")
     for (method, model), source in sorted(PRESET_SOURCES.items()):
-        print(f"{method:<7} {model:<14} {source}")
+        print(f"{method:<10} {model:<14} {source}")
     print("r-rome uses the ROME presets with r-ROME's key handling switched on.")
     return 0
 
@@ -337,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("demo", "stats", "run") else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    commands = {"demo": cmd_demo, "edit": cmd_edit, "stats": cmd_stats, "run": cmd_run, "plot": cmd_plot, "presets": cmd_presets}
+    commands = {"demo": cmd_demo, "edit": cmd_edit, "stats": cmd_stats, "run": cmd_run, "plot": cmd_plot, "compare": cmd_compare, "presets": cmd_presets}
     return run_reporting_errors(f"fastedit {args.command}", commands[args.command], args)
 
 
