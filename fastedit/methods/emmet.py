@@ -22,11 +22,13 @@ import torch
 from .. import ops
 from ..errors import NumericalError
 from ..hparams import MEMITHyperParams, _bool, _real
-from .memit import RESIDUAL_TOL, _check_conditioning
+from .base import MethodOutput
+from .memit import RESIDUAL_TOL, MemitFamily, _check_conditioning
+from .registry import register
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EMMETHyperParams", "emmet_keys_side", "EmmetSolver", "invert_d"]
+__all__ = ["EMMETHyperParams", "EMMET", "emmet_keys_side", "EmmetSolver", "invert_d"]
 
 
 @dataclass(frozen=True)
@@ -153,3 +155,44 @@ class EmmetSolver:
         if not err <= RESIDUAL_TOL:
             raise NumericalError(f"layer {layer}: the solve of C X = K is inaccurate (backward error {err:.2e} "
                                  f"> {RESIDUAL_TOL:g})")
+
+
+@register
+class EMMET(MemitFamily):
+    """EMMET (scalable-model-editing/unified-model-editing): MEMIT's keys, target values and spread of
+    R over the layers, with adj = C⁻¹K D⁻ᵀ (:func:`emmet_keys_side`) solved in float64.
+
+    The session's ``solver="cholesky"`` (default) keeps a Cholesky factor of C per layer;
+    ``solver="lu"`` keeps C⁻¹ as the reference computes it. D (n × n) is inverted as the reference does,
+    with the pseudo-inverse where that fails; ``info["pseudo_inverse"]`` says, per layer, whether it
+    did. EMMET keeps no edit history: each batch is solved on the model the earlier ones left.
+    """
+
+    name = "emmet"
+    hparams_class = EMMETHyperParams
+    easyedit_name = "EMMET"
+
+    def __init__(self, session) -> None:
+        super().__init__(session)
+        hp = session.hp
+        self._solver = EmmetSolver(session.stats.second_moment, hp.mom2_update_weight, hp.update_norm_lambda,
+                                   self.dtype, session.solver_kind)
+        self._pseudo_inverse: dict[int, bool] = {}
+        if hp.calculate_objective_value:
+            log.info("EMMET: calculate_objective_value is read but fastedit computes no objective distances")
+
+    def solve(self, layer: int, k: torch.Tensor) -> torch.Tensor:
+        def invert(d: torch.Tensor) -> torch.Tensor:
+            inv, pseudo = invert_d(d)
+            if pseudo:
+                log.warning("layer %d: D = KᵀC⁻¹K (%d × %d) has no inverse; using its pseudo-inverse", layer, *d.shape)
+            self._pseudo_inverse[layer] = pseudo
+            return inv
+
+        return emmet_keys_side(lambda keys: self._solver(layer, keys), invert, k, self.session.hp.emmet_lambda)
+
+    def compute(self, requests, precomputed_z=None) -> MethodOutput:
+        self._pseudo_inverse = {}
+        out = super().compute(requests, precomputed_z)
+        out.info["pseudo_inverse"] = dict(self._pseudo_inverse)
+        return out
