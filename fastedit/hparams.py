@@ -500,4 +500,14 @@ PRESET_SOURCES: dict[tuple[str, str], str] = {
     ("MEMIT", "gpt-j-6b"): "kmeng01/memit hparams/MEMIT/EleutherAI_gpt-j-6B.json",
     ("MEMIT", "llama-3-8b"): "jianghoucheng/AlphaEdit hparams/MEMIT/Llama3-8B.json (concat subject index, BOS stripped from targets)",
     ("MEMIT", "smollm2-135m"): "fastedit: derived for SmolLM2-135M (README, 'SmolLM2 presets')",
+    # EMMETHyperParams defaults to EMMET's concat subject index and BOS-stripped targets
+    ("EMMET", "gpt2-xl"): "scalable-model-editing/unified-model-editing hparams/EMMET/gpt2-xl.json",
+    ("EMMET", "gpt-j-6b"): "scalable-model-editing/unified-model-editing hparams/EMMET/EleutherAI_gpt-j-6B.json",
+    ("EMMET", "llama-2-7b"): "scalable-model-editing/unified-model-editing hparams/EMMET/llama2-7b.json (its "
+                             "compute_z also drops the second target token for Llama-2, the lone '▁'; fastedit "
+                             "drops the BOS only)",
+    ("EMMET", "smollm2-135m"): "fastedit: derived for SmolLM2-135M: layer 4 of 30 (as GPT-J's 5 of 28), v_loss_layer "
+                               "29, the optimisation settings of EMMET's GPT-J file; mom2_update_weight Llama-2-7B's 1 "
+                               "scaled by d_ff (1 · 1536 / 11008 = 0.14), keeping emmet_lambda's weight against "
+                               "D = KᵀC⁻¹K (which grows with d_ff) as in Llama-2-7B",
 }

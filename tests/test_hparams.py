@@ -12,6 +12,7 @@ from fastedit.hparams import (
     RROMEHyperParams,
     load_hparams,
 )
+from fastedit.methods import get_method, method_names
 
 # kmeng01/memit hparams/MEMIT/gpt2-xl.json, key for key
 MEMIT_GPT2XL = {
@@ -60,7 +61,7 @@ def test_rrome_defaults():
 
 @pytest.mark.parametrize("folder,model", sorted(PRESET_SOURCES))
 def test_presets_load(folder, model):
-    cls = {"ROME": ROMEHyperParams, "MEMIT": MEMITHyperParams}[folder]
+    cls = {get_method(m).hparams_class.PRESET_FOLDER: get_method(m).hparams_class for m in method_names()}[folder]
     hp = cls.preset(model)
     assert hp.layers
 

@@ -1,0 +1,83 @@
+"""Plain EMMET (scalable-model-editing/unified-model-editing, ``emmet/emmet_main.py``).
+
+MEMIT's z and keys (with EMMET's ``concat`` subject index and BOS-stripped targets), then per layer,
+in float64, the equality-constrained update
+
+    C = mom2_update_weight · E[kkᵀ] + update_norm_lambda · I
+    D = Kᵀ C⁻¹ K (+ emmet_lambda · I when the batch holds more than one edit)
+    ΔW = R D⁻¹ Kᵀ C⁻¹,  R = (Z − z_current) / (layers left)
+
+with ``torch.inverse`` for C⁻¹ and D⁻¹, and ``torch.linalg.pinv`` when inverting D raises.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .common import module as _module, optimise as _optimise, orient as _orient, reprs as _reprs, subject_index
+
+__all__ = ["emmet"]
+
+# EMMET's compute_z and repr_tools: prefix and subject tokenised together, a leading BOS/UNK dropped
+# from the target.
+EMMET_DEFAULTS = {"subject_index_rule": "concat", "strip_target_bos": True, "update_norm_lambda": 0.0}
+
+
+def emmet(model, tok, requests, hp, groups, second_moment, record=None):
+    """EMMET for a batch, applied to ``model``; returns {weight name: ΔW}.
+
+    ``second_moment(layer)`` → the unscaled C = E[kkᵀ]. ``record``: a dict that receives, per weight
+    name, {"pseudo_inverse": whether D took the pinv fallback, "keys": K (d_ff, n), "resid": this
+    layer's share of R (d_model, n)}.
+    """
+    hp = {**EMMET_DEFAULTS, **hp}
+    rule = hp["subject_index_rule"]
+    flat = [t for g in groups for t in g]
+    L = hp["layers"][-1]
+    zs = []
+    for r in requests:
+        v_init, delta = _optimise(model, tok, r, hp, L, flat, hp["layer_module_tmp"].format(L), "loss_layer")
+        zs.append(v_init + delta)
+    Z = torch.stack(zs, 1)
+    deltas = {}
+    for i, layer in enumerate(hp["layers"]):
+        name = hp["rewrite_module_tmp"].format(layer)
+        ctx = [t.format(r["prompt"]) for r in requests for t in flat]
+        words = [r["subject"] for r in requests for _ in flat]
+        idx = [subject_index(tok, c, w, hp["fact_token"], rule) for c, w in zip(ctx, words)]
+        ks, _ = _reprs(model, tok, [c.format(w) for c, w in zip(ctx, words)], idx, name)
+        starts = np.cumsum([0] + [len(g) for g in groups])
+        per_req = []
+        for j in range(len(requests)):
+            block = ks[j * len(flat) : (j + 1) * len(flat)]
+            per_req.append(torch.stack([block[a:b].mean(0) for a, b in zip(starts[:-1], starts[1:])]).mean(0))
+        K = torch.stack(per_req, 1).double()  # (d_ff, n)
+        bare = [subject_index(tok, r["prompt"], r["subject"], hp["fact_token"], rule) for r in requests]
+        _, cur = _reprs(model, tok, [r["prompt"].format(r["subject"]) for r in requests], bare, hp["layer_module_tmp"].format(L))
+        R = (Z - cur.T).double()
+
+        cov = second_moment(layer).double()
+        if hp["mom2_update_weight"] != 1:
+            cov = cov * hp["mom2_update_weight"]
+        if hp["update_norm_lambda"] != 0:
+            cov = cov + hp["update_norm_lambda"] * torch.eye(cov.shape[0], dtype=cov.dtype)
+        c_inv = torch.inverse(cov)
+        D = K.T @ c_inv @ K
+        if D.shape[0] > 1:
+            D = D + hp["emmet_lambda"] * torch.eye(D.shape[0], dtype=D.dtype)
+        try:
+            d_inv, pinv = torch.inverse(D), False
+        except RuntimeError:  # torch.linalg.LinAlgError: an exactly zero pivot
+            d_inv, pinv = torch.linalg.pinv(D), True
+        adj = (d_inv @ K.T @ c_inv).T  # (d_ff, n)
+
+        resid = R / (len(hp["layers"]) - i)
+        w = _module(model, name).weight
+        upd = _orient((resid @ adj.T).T, w)
+        with torch.no_grad():
+            w += upd.to(w.dtype)
+        deltas[name + ".weight"] = upd
+        if record is not None:
+            record[name + ".weight"] = {"pseudo_inverse": pinv, "keys": K, "resid": resid}
+    return deltas
