@@ -17,7 +17,8 @@ Hyperparameters are a dict of the reference keys. Statistics come from the refer
 from __future__ import annotations
 
 from .common import read_second_moment, subject_index
+from .encore import encore
 from .memit import memit
 from .rome import rome
 
-__all__ = ["rome", "memit", "subject_index", "read_second_moment"]
+__all__ = ["rome", "memit", "encore", "subject_index", "read_second_moment"]
