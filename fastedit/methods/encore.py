@@ -131,7 +131,7 @@ class ENCORE(MemitFamily):
         self._keys: dict[int, torch.Tensor] = {}  # this call's keys per layer
 
     def target_options(self) -> dict:
-        """The session's options, with ENCORE's own early stop (its ``prob_cutoff``) in every mode."""
+        """The session's options, with ENCORE's own early stop (its ``prob_cutoff``; 0: none) in every mode."""
         opts = {k: v for k, v in super().target_options().items() if not k.startswith("early_stop")}
         return {**opts, "early_stop": StopRule.of(self.session.hp.prob_cutoff)}
 

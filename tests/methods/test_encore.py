@@ -12,6 +12,7 @@ from fastedit.engine import EditSession
 from fastedit.hparams import HyperParamsError
 from fastedit.methods import plain
 from fastedit.methods.encore import ENCOREHyperParams
+from fastedit.methods.target import StopRule
 from fastedit.models import random_model
 
 from .test_parity import ARCHS, REQUESTS, TOL, hparams, rel_err, write_stats
@@ -142,6 +143,33 @@ def test_cholesky_path_equals_dense_path(gpt2_tok, tmp_path):
         sess.apply(BATCHES[2])
     for name, w in dense.edited_weights().items():
         assert rel_err(chol.edited_weights()[name].detach(), w.detach()) < 1e-10, name
+
+
+def test_loaded_session_continues_like_the_saved_one(gpt2_tok, tmp_path):
+    """A session saved after two edits and loaded onto the base model makes the third edit the saved
+    session makes (the history comes back from the journal, the factor is rebuilt from it)."""
+    model = random_model("gpt2", dtype=torch.float64)
+    base = copy.deepcopy(model)
+    hp = encore_hp(model)
+    write_stats(model, hp, tmp_path)
+    sess = make_session(model, gpt2_tok, hp, GROUPS, tmp_path)
+    session_deltas(sess, BATCHES[:2])
+    sess.save(tmp_path / "saved")
+    loaded = EditSession.load(tmp_path / "saved", base, gpt2_tok, stats_dir=tmp_path, progress=False)
+    a, b = session_deltas(sess, BATCHES[2:]), session_deltas(loaded, BATCHES[2:])
+    compare(b, a, tol=1e-10)
+
+
+def test_encore_stops_by_its_own_cutoff_in_fast_mode(gpt2_tok, tmp_path):
+    """Fast mode's early stop (patience, rule) gives way to ENCORE's prob_cutoff; exact mode has it too."""
+    model = random_model("gpt2", dtype=torch.float64)
+    hp = encore_hp(model, prob_cutoff=-3)
+    write_stats(model, hp, tmp_path)
+    for mode in ("exact", "fast"):
+        opts = make_session(model, gpt2_tok, hp, GROUPS, tmp_path, mode=mode).editor.target_options()
+        assert opts["early_stop"] == StopRule(-3) and not any(k.startswith("early_stop_") for k in opts)
+    opts = make_session(model, gpt2_tok, {**hp, "prob_cutoff": 0}, GROUPS, tmp_path, mode="fast").editor.target_options()
+    assert opts["early_stop"] is None
 
 
 # ---------------------------------------------------------------------------- hyperparameters
