@@ -510,4 +510,12 @@ PRESET_SOURCES: dict[tuple[str, str], str] = {
                                "29, the optimisation settings of EMMET's GPT-J file; mom2_update_weight Llama-2-7B's 1 "
                                "scaled by d_ff (1 · 1536 / 11008 = 0.14), keeping emmet_lambda's weight against "
                                "D = KᵀC⁻¹K (which grows with d_ff) as in Llama-2-7B",
+    ("ENCORE", "gpt2-xl"): "scalable-model-editing/knowledge-editing-regularization hparams/ENCORE/gpt2-xl.json",
+    ("ENCORE", "llama-2-7b"): "scalable-model-editing/knowledge-editing-regularization hparams/ENCORE/llama2-7b.json",
+    ("ENCORE", "llama-3-8b"): "scalable-model-editing/knowledge-editing-regularization hparams/ENCORE/llama3-8b.json",
+    ("ENCORE", "smollm2-135m"): (
+        "fastedit: derived from ENCORE's llama3-8b.json for SmolLM2-135M (d_ff 1536 against 14336): λ_p 15000 and "
+        "λ_n 20 scaled by d_ff to 1607 and 2.14 (λ_n/λ_p kept), v_loss_layer 29 (the last layer), the MEMIT "
+        "preset's 100,000 statistics samples (one statistics file for both); not tuned"
+    ),
 }

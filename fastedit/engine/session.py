@@ -51,8 +51,12 @@ class FastOptions:
     """What fast mode changes. ``EditSession(mode="fast")`` switches all on; in exact mode all are
     off. Either mode takes overrides by name: ``EditSession(..., options={"early_stop": False})``.
 
-    * ``early_stop``: ENCORE's most-probable early stopping of the target optimisation, after
-      ``early_stop_patience`` passes at which every target token is the argmax.
+    * ``early_stop``: ENCORE's most-probable early stopping of the target optimisation: a request
+      stops before the backward of the ``early_stop_patience``-th pass (counted, not necessarily
+      consecutive) at which every target token of its rewrite prompts is the argmax
+      (:class:`fastedit.methods.target.StopRule`). ``early_stop_rule`` says which rewrite prompts are
+      read: ``"encore"`` (default, ENCORE's code) every one but the first, bare ``"{}"`` one;
+      ``"all_prompts"`` every one. ENCORE itself always stops by its own ``prob_cutoff``, in either mode.
     * ``low_precision``: the layers above the edit layer run in ``low_precision_dtype`` during the
       optimisation: under autocast on GPUs; on CPUs with native bf16 instructions (AVX512-BF16, AMX)
       on bf16 copies of their weights kept across edits (:mod:`fastedit.models.precision`), since
@@ -69,10 +73,17 @@ class FastOptions:
 
     early_stop: bool = False
     early_stop_patience: int = 2
+    early_stop_rule: str = "encore"
     low_precision: bool = False
     low_precision_dtype: str = "bfloat16"
     compensated_update: bool = False
     cuda_graph: bool = False
+
+    def __post_init__(self) -> None:
+        from ..methods.target import STOP_RULES
+
+        if self.early_stop_rule not in STOP_RULES:
+            raise InputError(f"early_stop_rule must be one of {STOP_RULES}, got {self.early_stop_rule!r}")
 
     @classmethod
     def for_mode(cls, mode: str, overrides: Mapping[str, Any] | None = None) -> "FastOptions":

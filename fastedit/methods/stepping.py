@@ -69,6 +69,8 @@ class UpperStack:
 
     ``base``: (rows, L, d) residual stream after the edit layer; ``look_*`` per prompt, ``lab_*`` per
     label, ``kl_*`` per request: (row, column) where δ enters, where the NLL and the KL are read.
+    Per label also its token id, request, NLL weight, prompt (an index below ``n_prompts``, kept as
+    requests are dropped) and whether that prompt is its request's first, bare one (``lab_bare``).
     """
 
     def __init__(self, model, adapter: ModelAdapter, hp, layer: int, nll_from: str, run_dtype, autocast):
@@ -117,6 +119,8 @@ class UpperStack:
         o = self.out_dev
         self.lab_ids, self.lab_req = t(prompts.lab_ids).to(o), t(prompts.lab_req).to(o)
         self.lab_w = torch.tensor(prompts.lab_w, dtype=torch.float64, device=o)
+        self.lab_prompt, self.n_prompts = lab_p.to(o), len(prompts.lookup)
+        self.lab_bare = (t(prompts.bare)[t(prompts.lab_req)] == lab_p).to(o)
 
     def _run(self, h: torch.Tensor, capture: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Layers above the edit layer over the rows ``h`` (rows, L, d) → (the last hidden state after
@@ -161,6 +165,7 @@ class UpperStack:
         sel = keep_req.to(o)[self.lab_req]
         self.lab_r, self.lab_c = row_new[self.lab_r[sel.to(row_new.device)]], self.lab_c[sel.to(self.lab_c.device)]
         self.lab_ids, self.lab_w, self.lab_req = self.lab_ids[sel], self.lab_w[sel], req_new.to(o)[self.lab_req[sel]]
+        self.lab_prompt, self.lab_bare = self.lab_prompt[sel], self.lab_bare[sel]
         self.kl_r, self.kl_c = row_new[self.kl_r[keep_req]], self.kl_c[keep_req]
         self.base, self.row_owner = self.base[row_keep], req_new[self.row_owner[row_keep]]
         if self.layout is not None:

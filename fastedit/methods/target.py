@@ -10,7 +10,9 @@ NLL is the mean over rewrite prompts of (Σ −log p over the T target tokens) /
 model's logits (ROME) or from ``ln_f(h at max(v_loss_layer, layer)) @ W_lm + b_lm`` (MEMIT). Before
 each backward the request stops if its loss is below 5e-2; the last iteration stops before stepping,
 so there are at most ``v_num_grad_steps − 1`` Adam updates; after each update δ is projected into
-the ball ‖δ‖ ≤ clamp_norm_factor · ‖v_init‖. The result is v_init + δ.
+the ball ‖δ‖ ≤ clamp_norm_factor · ‖v_init‖. The result is v_init + δ. A :class:`StopRule`
+(ENCORE's most-probable early stopping; fast mode's) can stop a request sooner, checked at the same
+point.
 
 ROME adds δ to the MLP output of the edit layer, MEMIT to the block output of the last edit layer;
 both enter the residual stream right after that block. This file holds the math (:func:`target_loss`,
@@ -35,15 +37,67 @@ from . import stepping
 from .keys import lookup_index, pad_batch
 from .stepping import PromptSet, upper_stack
 
-__all__ = ["TargetValues", "compute_target_values", "target_token_ids", "STOP_LOSS"]
+__all__ = ["TargetValues", "StopRule", "STOP_RULES", "compute_target_values", "target_token_ids", "STOP_LOSS"]
 
 STOP_LOSS = 5e-2  # the references' early-stopping threshold on the total loss
 CHUNK_TOKENS = 8192  # prompt tokens optimised together: bounds the memory a large batch needs
 KL_PROMPT = "{} is a"
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+STOP_RULES = ("encore", "all_prompts")  # which rewrite prompts a StopRule's argmax test reads
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """ENCORE's early stopping of a request's optimisation (its compute_z's ``prob_cutoff``), checked
+    before each backward beside the loss threshold.
+
+    ``cutoff`` −n (a whole number): stop once every target token of the counted rewrite prompts has
+    been the argmax at n forward passes (a counter per request, never reset: the passes need not be
+    consecutive). ``cutoff`` p in (0, 1): stop once the mean over every rewrite prompt of its target
+    probability exp(−NLL of the prompt) exceeds p. ``prompts``: ``"encore"`` counts every rewrite
+    prompt but the first, bare one (ENCORE's ``log_probs[1:]``; with the bare template alone nothing is
+    counted, so every pass counts, as there); ``"all_prompts"`` counts them all.
+    """
+
+    cutoff: float
+    prompts: str = "encore"
+
+    def __post_init__(self) -> None:
+        if self.prompts not in STOP_RULES:
+            raise ValueError(f"early-stop rule must be one of {STOP_RULES}, got {self.prompts!r}")
+        c = self.cutoff
+        if not (c < 0 and float(c) == int(c)) and not 0 < c < 1:
+            raise ValueError(f"early-stop cutoff must be a negative whole number or a probability in (0, 1), got {c!r}")
+
+    @classmethod
+    def of(cls, cutoff: float | None, prompts: str = "encore") -> "StopRule | None":
+        """The rule for ENCORE's ``prob_cutoff`` (None or 0: no rule)."""
+        return cls(cutoff, prompts) if cutoff else None
+
+    def stops(self, logp: torch.Tensor, stack, hits: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """(n,) bool: the requests this pass stops. ``logp``: (n_labels, vocab) log-probabilities at the
+        labels of ``stack`` (its ``lab_ids``, ``lab_req``, ``lab_w``, ``lab_prompt``, ``lab_bare``,
+        ``n_prompts``); ``hits`` (n,) the pass counters, advanced in place where ``active``. Reads
+        nothing on the host."""
+        dev, n = hits.device, hits.shape[0]
+        req = stack.lab_req.to(dev)
+        if self.cutoff > 0:
+            tok_lp = logp.gather(1, stack.lab_ids[:, None])[:, 0].to(dev)
+            prompt = stack.lab_prompt.to(dev)
+            per_prompt = torch.zeros(stack.n_prompts, dtype=tok_lp.dtype, device=dev).index_add(0, prompt, tok_lp)
+            count = torch.zeros_like(per_prompt).index_add(0, prompt, torch.ones_like(tok_lp))
+            # a prompt's T labels each add exp(its mean log p) · lab_w, lab_w = 1 / (T · rewrite prompts)
+            share = (per_prompt / count.clamp_min(1))[prompt].exp() * stack.lab_w.to(dev, tok_lp.dtype)
+            return torch.zeros(n, dtype=tok_lp.dtype, device=dev).index_add(0, req, share) > self.cutoff
+        wrong = logp.argmax(-1) != stack.lab_ids
+        if self.prompts == "encore":
+            wrong = wrong & ~stack.lab_bare
+        n_wrong = torch.zeros_like(hits).index_add(0, req, wrong.long().to(dev))
+        hits.add_((active & (n_wrong == 0)).long())
+        return hits >= -self.cutoff
 
 
 @dataclass
@@ -200,7 +254,9 @@ def compute_target_values(
     delta_site: str,
     nll_from: str,
     delta_dtype: torch.dtype | None = None,
+    early_stop: StopRule | None = None,
     early_stop_patience: int | None = None,
+    early_stop_rule: str = "encore",
     autocast_dtype: torch.dtype | None = None,
     low_precision_weights: LowPrecisionWeights | None = None,
     pack: bool = True,
@@ -214,10 +270,10 @@ def compute_target_values(
     ``templates``: the flat list of context templates (``"{}"`` first); ``layer``: where δ enters.
     Requests run in chunks of about ``chunk_tokens`` prompt tokens, each chunk's requests at once.
 
-    Fast-mode options (off in exact mode): ``early_stop_patience`` (ENCORE's most-probable early
-    stopping: a request stops once every target token of every rewrite prompt has been the argmax at
-    that many forward passes, counted, not necessarily consecutive; here the bare prompt counts
-    too); ``autocast_dtype`` (the upper layers under ``torch.autocast``, GPUs); ``low_precision_weights``
+    ``early_stop``: a :class:`StopRule` (ENCORE passes its ``prob_cutoff`` in every mode). Fast-mode
+    options (off in exact mode): ``early_stop_patience`` n with ``early_stop_rule`` (one of
+    :data:`STOP_RULES`), the rule ``StopRule(−n, early_stop_rule)`` when ``early_stop`` is None;
+    ``autocast_dtype`` (the upper layers under ``torch.autocast``, GPUs); ``low_precision_weights``
     (CPUs with native bf16: the upper layers and heads on cached bf16 weight copies). δ, the
     log-softmax, the loss and Adam stay in float32 (float64 for a float64 model).
 
@@ -236,8 +292,9 @@ def compute_target_values(
     with region("target/prepare"):
         rows, sizes = target_prompts(tok, requests, templates, hp)
     device = next(model.parameters()).device
-    opts = dict(delta_dtype=delta_dtype, early_stop_patience=early_stop_patience, sync_stop=sync_stop,
-                cuda_graph=cuda_graph)
+    if early_stop is None and early_stop_patience:
+        early_stop = StopRule(-int(early_stop_patience), early_stop_rule)
+    opts = dict(delta_dtype=delta_dtype, early_stop=early_stop, sync_stop=sync_stop, cuda_graph=cuda_graph)
     saved_grad = [p.requires_grad for p in model.parameters()]
     parts = []
     try:
@@ -285,10 +342,11 @@ class _Deltas:
         self.delta = self.delta.detach()[keep].requires_grad_(True)
 
 
-def optimise(stack, v_init, hp, delta_dtype=None, early_stop_patience=None, sync_stop=True, cuda_graph=False):
+def optimise(stack, v_init, hp, delta_dtype=None, early_stop: StopRule | None = None, sync_stop=True, cuda_graph=False):
     """Adam on δ for every request of ``stack`` (an :class:`~.stepping.UpperStack`), the references'
-    loop: ``v_num_grad_steps`` forward passes, stop before the backward once the loss is < 5e-2, the
-    last pass only reports (so it is not run), the norm clamp after each step."""
+    loop: ``v_num_grad_steps`` forward passes, stop before the backward once the loss is < 5e-2 or
+    ``early_stop`` says so (each request on its own, as the references optimise one request at a
+    time), the last pass only reports (so it is not run), the norm clamp after each step."""
     dtype = delta_dtype or (torch.float64 if v_init.dtype == torch.float64 else torch.float32)
     n_iter = hp.v_num_grad_steps - 1
     st = _Deltas(v_init, hp, dtype, n_iter)
@@ -307,14 +365,9 @@ def optimise(stack, v_init, hp, delta_dtype=None, early_stop_patience=None, sync
             st.loss_buf.index_copy_(0, it_t, shown[None])
         else:
             st.loss_buf[it, st.ids] = shown
+        if early_stop is not None:  # ENCORE checks its rule before the loss threshold
+            st.active.logical_and_(~early_stop.stops(log_probs(nll_logits.detach()), stack, st.hits, st.active))
         st.active.logical_and_(~(loss.detach() < STOP_LOSS))
-        if early_stop_patience:
-            correct = (nll_logits.detach().argmax(-1) == stack.lab_ids).long()
-            n_right = torch.zeros_like(st.hits).index_add(0, stack.lab_req.to(st.hits.device), correct.to(st.hits.device))
-            n_labels = torch.zeros_like(st.hits).index_add(0, stack.lab_req.to(st.hits.device),
-                                                           torch.ones_like(correct).to(st.hits.device))
-            st.hits.add_((st.active & (n_right == n_labels)).long())
-            st.active.logical_and_(st.hits < early_stop_patience)
         return loss
 
     def backward_update(loss: torch.Tensor, it: int | None) -> None:

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from fastedit.hparams import MEMITHyperParams, ROMEHyperParams
-from fastedit.methods.target import compute_target_values
+from types import SimpleNamespace
+
+from fastedit.methods.target import StopRule, compute_target_values
 from fastedit.models import get_adapter, random_model
 from fastedit.requests import EditRequest
 
@@ -96,10 +98,10 @@ def test_static_step_stops_like_the_loop(gpt2_tok, own_guess_request):
     ad = get_adapter(model)
     easy = own_guess_request(model, gpt2_tok)
     hp = MEMITHyperParams.from_dict({"layers": [1], "v_num_grad_steps": 9, "v_loss_layer": 2, "clamp_norm_factor": 4.0})
+    kw = dict(early_stop_patience=1, early_stop_rule="all_prompts")  # the bare prompt is the only one
     for reqs in ([easy, REQS[1]], [easy]):
-        a = compute_target_values(model, gpt2_tok, ad, reqs, ["{}"], hp, 1, "block", "loss_layer", early_stop_patience=1)
-        b = compute_target_values(model, gpt2_tok, ad, reqs, ["{}"], hp, 1, "block", "loss_layer", early_stop_patience=1,
-                                  cuda_graph=True)
+        a = compute_target_values(model, gpt2_tok, ad, reqs, ["{}"], hp, 1, "block", "loss_layer", **kw)
+        b = compute_target_values(model, gpt2_tok, ad, reqs, ["{}"], hp, 1, "block", "loss_layer", cuda_graph=True, **kw)
         assert a.steps == b.steps and a.steps[0] == 0
         assert a.losses.shape == b.losses.shape
         assert torch.allclose(a.losses, b.losses, rtol=1e-12, atol=0, equal_nan=True)
@@ -111,6 +113,15 @@ def test_static_step_reads_nothing_from_the_device(arch, attn, gpt2_tok, monkeyp
     """What a CUDA graph captures must not read a tensor's value on the host (that would be a
     synchronisation, which capture forbids): the static step runs here with every such read
     raising."""
+    _static_step_guarded(arch, attn, gpt2_tok, monkeypatch, None)
+
+
+@pytest.mark.parametrize("stop", [StopRule(-2), StopRule(-2, "all_prompts"), StopRule(0.3)])
+def test_static_step_with_early_stop_reads_nothing_from_the_device(stop, gpt2_tok, monkeypatch):
+    _static_step_guarded("llama", "sdpa", gpt2_tok, monkeypatch, stop)
+
+
+def _static_step_guarded(arch, attn, gpt2_tok, monkeypatch, stop):
     import fastedit.methods.stepping as stepping
 
     model = random_model(arch)
@@ -144,7 +155,8 @@ def test_static_step_reads_nothing_from_the_device(arch, attn, gpt2_tok, monkeyp
         return original(fwd, bwd, n_iter, active, use_graph, sync_stop=False)
 
     monkeypatch.setattr(stepping, "run_static", guarded)
-    out = compute_target_values(model, gpt2_tok, ad, REQS, TEMPLATES, hp, 1, "block", "loss_layer", cuda_graph=True)
+    out = compute_target_values(model, gpt2_tok, ad, REQS, TEMPLATES, hp, 1, "block", "loss_layer", cuda_graph=True,
+                                early_stop=stop)
     assert calls == [None, None, None] and out.steps == [3, 3]
 
 
@@ -155,7 +167,7 @@ def test_batch_equals_requests_alone(pack, gpt2_tok, own_guess_request):
     chunks of one request each gives what one chunk gives."""
     model, ad, hp, site, source = edit_setup("gpt2", "memit", 7, torch.float64)
     reqs = [REQS[0], own_guess_request(model, gpt2_tok), REQS[1]]
-    kw = dict(pack=pack, early_stop_patience=1)
+    kw = dict(pack=pack, early_stop_patience=1, early_stop_rule="all_prompts")
     t = ["{}"]  # the own-guess request's target is the argmax of this prompt alone
     batch = compute_target_values(model, gpt2_tok, ad, reqs, t, hp, 1, site, source, **kw)
     alone = [compute_target_values(model, gpt2_tok, ad, [r], t, hp, 1, site, source, **kw) for r in reqs]
@@ -168,3 +180,93 @@ def test_batch_equals_requests_alone(pack, gpt2_tok, own_guess_request):
             n = a.losses.shape[0]
             assert torch.allclose(out.losses[:n, j], a.losses[:, 0], rtol=1e-10, atol=0, equal_nan=True)
             assert out.losses[n:, j].isnan().all()
+
+
+def guess_request(model, tok, template, prompt="{} plays the sport of", subject="LeBron James"):
+    """A request whose one-token target is the model's top guess after ``template`` filled with the
+    prompt (it must start with a space and tokenise back to itself)."""
+    with torch.no_grad():
+        logits = model(**tok(template.format(prompt).format(subject), return_tensors="pt")).logits
+    guess = int(logits[0, -1].argmax())
+    assert tok.decode([guess]).startswith(" ") and tok(tok.decode([guess]))["input_ids"] == [guess]
+    return EditRequest.from_dict({"prompt": prompt, "subject": subject, "target_new": tok.decode([guess]).strip()})
+
+
+def _labels():
+    """Two requests' labels: request 0 has a bare prompt 0 and prompt 1 with T = 2 target tokens
+    each; request 1 has a bare prompt 2 and prompt 3 with T = 1 (prompt numbers run to 6: the KL
+    prompts have none)."""
+    return SimpleNamespace(
+        lab_ids=torch.tensor([5, 6, 5, 6, 7, 7]), lab_req=torch.tensor([0, 0, 0, 0, 1, 1]),
+        lab_prompt=torch.tensor([0, 0, 1, 1, 3, 4]), lab_bare=torch.tensor([True, True, False, False, True, False]),
+        lab_w=torch.tensor([0.25] * 4 + [0.5] * 2, dtype=torch.float64), n_prompts=6)
+
+
+def _logp(stack, right):
+    """Log-probabilities (labels, 10) whose argmax is the label's token where ``right`` is true."""
+    logits = torch.zeros(len(right), 10, dtype=torch.float64)
+    for i, (ok, tid) in enumerate(zip(right, stack.lab_ids.tolist())):
+        logits[i, tid if ok else 0] = 5.0
+    return torch.log_softmax(logits, -1)
+
+
+@pytest.mark.parametrize("prompts", ["encore", "all_prompts"])
+def test_stop_rule_counts_passes(prompts):
+    """−n: a request stops at the pass where, for the n-th time, every counted target token is the
+    argmax; a pass in between that is wrong does not reset the count. ENCORE's rule skips the bare
+    prompt's tokens (wrong there at every pass here); the all-prompts rule reads them."""
+    stack, rule = _labels(), StopRule(-2, prompts)
+    hits, active = torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.bool)
+    bare_wrong = [False, False, True, True, False, True]  # request 1: bare wrong too
+    passes = [bare_wrong, [False, False, False, True, False, True], bare_wrong]
+    got = []
+    for right in passes:
+        stop = rule.stops(_logp(stack, right), stack, hits, active)
+        got.append(stop.tolist())
+        active &= ~stop
+    if prompts == "encore":
+        assert got == [[False, False], [False, True], [True, True]]
+    else:
+        assert got == [[False, False]] * 3 and hits.tolist() == [0, 0]
+    hits = torch.zeros(2, dtype=torch.long)
+    all_right = [True] * 6
+    assert StopRule(-1, prompts).stops(_logp(stack, all_right), stack, hits, torch.tensor([True, False])).tolist() == [True, False]
+    assert hits.tolist() == [1, 0]  # a stopped request's counter stays
+
+
+def test_stop_rule_mean_probability():
+    """p > 0: the mean over a request's rewrite prompts (the bare one included) of each prompt's
+    target probability exp(mean log p over its T tokens) against p."""
+    stack = _labels()
+    g = torch.Generator().manual_seed(0)
+    logp = torch.log_softmax(torch.randn(6, 10, dtype=torch.float64, generator=g) * 3, -1)
+    tok = logp.gather(1, stack.lab_ids[:, None])[:, 0]
+    want = [float((tok[0:2].mean().exp() + tok[2:4].mean().exp()) / 2), float((tok[4].exp() + tok[5].exp()) / 2)]
+    for j, w in enumerate(want):
+        for cutoff, stops in ((w * 0.999, True), (w * 1.001, False)):
+            got = StopRule(cutoff).stops(logp, stack, torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.bool))
+            assert bool(got[j]) == stops, (j, cutoff, w)
+
+
+@pytest.mark.parametrize("bad", [dict(cutoff=-2.5), dict(cutoff=1.0), dict(cutoff=0), dict(cutoff=-2, prompts="first")])
+def test_stop_rule_rejects(bad):
+    with pytest.raises(ValueError, match="early-stop"):
+        StopRule(**bad)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_encore_rule_skips_the_bare_prompt(pack, gpt2_tok):
+    """A target that is the argmax after the second template but not after the bare prompt stops at
+    the first pass under ENCORE's rule and not under the all-prompts rule; with the bare template
+    alone ENCORE's rule counts every pass (nothing to test, as in ENCORE's code)."""
+    model, ad, hp, site, source = edit_setup("gpt2", "memit", 5, torch.float64)
+    hp = hp.replace(v_loss_layer=3)  # the top layer: the NLL reads the model's own logits
+    t = ["{}", "Because of this. {}"]
+    req = guess_request(model, gpt2_tok, t[1])
+    assert guess_request(model, gpt2_tok, t[0]).target_new != req.target_new
+    kw = dict(pack=pack, early_stop_patience=1)
+    encore = compute_target_values(model, gpt2_tok, ad, [req, REQS[1]], t, hp, 1, site, source, **kw)
+    every = compute_target_values(model, gpt2_tok, ad, [req, REQS[1]], t, hp, 1, site, source, early_stop_rule="all_prompts", **kw)
+    assert encore.steps == [0, 4] and every.steps == [4, 4]
+    bare = compute_target_values(model, gpt2_tok, ad, [REQS[1]], ["{}"], hp, 1, site, source, early_stop=StopRule(-3))
+    assert bare.steps == [2]

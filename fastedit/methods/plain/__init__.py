@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from .common import read_second_moment, subject_index
 from .emmet import emmet
+from .encore import encore
 from .memit import memit
 from .rome import rome
 
-__all__ = ["rome", "memit", "emmet", "subject_index", "read_second_moment"]
+__all__ = ["rome", "memit", "emmet", "encore", "subject_index", "read_second_moment"]

@@ -80,8 +80,13 @@ def read_second_moment(path) -> torch.Tensor:
     return (torch.from_numpy(d["mom2.mom2"]) / int(d["mom2.count"])).float()
 
 
-def optimise(model, tok, request, hp, layer, templates, site, nll_from):
-    """compute_v / compute_z: returns (v_init, delta); δ is float64 on float64 models, else float32."""
+def optimise(model, tok, request, hp, layer, templates, site, nll_from, prob_cutoff=None):
+    """compute_v / compute_z: returns (v_init, delta); δ is float64 on float64 models, else float32.
+
+    ``prob_cutoff`` (ENCORE's compute_z; None or 0: off): before each backward, negative −n stops once
+    every target token of every rewrite prompt but the first (the bare ``"{}"`` one) has been the
+    argmax at n passes (a counter never reset); positive p stops once the mean over rewrite prompts
+    of exp(−NLL) exceeds p."""
     device = next(model.parameters()).device
     target = request["target_new"] if request["target_new"].startswith(" ") else " " + request["target_new"]
     target_ids = tok(target)["input_ids"]
@@ -122,6 +127,7 @@ def optimise(model, tok, request, hp, layer, templates, site, nll_from):
         p.requires_grad_(False)
     opt = torch.optim.Adam([delta], lr=hp["v_lr"])
     kl_init = None
+    n_right = 0
     try:
         for it in range(hp["v_num_grad_steps"]):
             opt.zero_grad()
@@ -144,10 +150,18 @@ def optimise(model, tok, request, hp, layer, templates, site, nll_from):
                 lp = torch.log_softmax(ln_f(kept["h"][: len(rewriting)]) @ head.weight.T + bias, dim=2)
             picked = torch.gather(lp, 2, torch.where(targets != -100, targets, 0)[:, :, None])[:, :, 0]
             m = (targets != -100).to(picked.dtype)
-            nll = (-(picked * m).sum(1) / T).mean()
+            nll_each = -(picked * m).sum(1) / T
+            nll = nll_each.mean()
             kl = hp["kl_factor"] * torch.nn.functional.kl_div(kl_init, kl_lp, log_target=True, reduction="batchmean")
             wd = hp["v_weight_decay"] * (torch.norm(delta) / torch.norm(state["init"]) ** 2)
             loss = nll + kl + wd
+            if prob_cutoff and prob_cutoff < 0:
+                rows = targets[1:] != -100
+                n_right += bool((lp[1:].argmax(2) == targets[1:])[rows].all())  # all() of nothing is true
+                if n_right == abs(prob_cutoff):
+                    break
+            if prob_cutoff and prob_cutoff > 0 and torch.exp(-nll_each).mean().item() > prob_cutoff:
+                break
             if loss.item() < 5e-2:
                 break
             if it == hp["v_num_grad_steps"] - 1:

@@ -1,0 +1,63 @@
+"""Plain ENCORE (scalable-model-editing/knowledge-editing-regularization, encore/encore_main.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .common import module as _module, optimise as _optimise, orient as _orient, reprs as _reprs, subject_index
+
+__all__ = ["encore"]
+
+
+def encore(model, tok, requests, hp, groups, second_moment, seq_cache, history_dtype=None):
+    """ENCORE for a batch, applied to ``model``; returns {weight name: ΔW}.
+
+    MEMIT with two changes: z stops early by ``prob_cutoff`` (see ``optimise``), and each layer
+    solves (λ_p C + λ_n I + Σ_prev KKᵀ + KKᵀ) X = K in float64. ``seq_cache`` stands for the
+    reference's module-level ``SEQ_CACHE``: layer → Σ KKᵀ of the earlier calls' keys (float64),
+    read when ``hp["sequential"]`` and ``hp["add_prev_edits"]``, and always added to afterwards; with
+    ``history_dtype`` the keys are rounded to it first (the reference keeps them as computed).
+    Subject index by the concat rule and BOS-stripped targets, as ENCORE's code does.
+    """
+    hp = {**hp, "subject_index_rule": "concat", "strip_target_bos": True}
+    flat = [t for g in groups for t in g]
+    L = hp["layers"][-1]
+    zs = []
+    for r in requests:
+        v_init, delta = _optimise(model, tok, r, hp, L, flat, hp["layer_module_tmp"].format(L), "loss_layer",
+                                  prob_cutoff=hp["prob_cutoff"])
+        zs.append(v_init + delta)
+    Z = torch.stack(zs, 1)
+    deltas = {}
+    for i, layer in enumerate(hp["layers"]):
+        name = hp["rewrite_module_tmp"].format(layer)
+        ctx, words = [], []
+        for r in requests:
+            ctx += [t.format(r["prompt"]) for t in flat]
+            words += [r["subject"]] * len(flat)
+        idx = [subject_index(tok, c, w, hp["fact_token"], "concat") for c, w in zip(ctx, words)]
+        ks, _ = _reprs(model, tok, [c.format(w) for c, w in zip(ctx, words)], idx, name)
+        starts = np.cumsum([0] + [len(g) for g in groups])
+        per_req = []
+        for j in range(len(requests)):
+            block = ks[j * len(flat) : (j + 1) * len(flat)]
+            per_req.append(torch.stack([block[a:b].mean(0) for a, b in zip(starts[:-1], starts[1:])]).mean(0))
+        K = torch.stack(per_req, 1)
+        bare = [subject_index(tok, r["prompt"], r["subject"], hp["fact_token"], "concat") for r in requests]
+        _, cur = _reprs(model, tok, [r["prompt"].format(r["subject"]) for r in requests], bare, hp["layer_module_tmp"].format(L))
+        K, R = K.double(), (Z - cur.T).double()
+        cov = second_moment(layer).double() * hp["mom2_update_weight"]
+        cov = cov + hp["update_norm_lambda"] * torch.eye(cov.shape[0], dtype=cov.dtype)
+        if layer in seq_cache and hp["sequential"] and hp["add_prev_edits"]:
+            cov = cov + seq_cache[layer]
+        kept = K if history_dtype is None else K.to(history_dtype).double()
+        seq_cache[layer] = seq_cache.get(layer, 0) + kept @ kept.T  # this call's keys, unscaled, for the next
+        adj = torch.linalg.solve(cov + K @ K.T, K)
+        resid = R / (len(hp["layers"]) - i)
+        w = _module(model, name).weight
+        upd = _orient((resid @ adj.T).T, w)
+        with torch.no_grad():
+            w += upd.to(w.dtype)
+        deltas[name + ".weight"] = upd
+    return deltas
