@@ -490,4 +490,7 @@ PRESET_SOURCES: dict[tuple[str, str], str] = {
     ("MEMIT", "gpt-j-6b"): "kmeng01/memit hparams/MEMIT/EleutherAI_gpt-j-6B.json",
     ("MEMIT", "llama-3-8b"): "jianghoucheng/AlphaEdit hparams/MEMIT/Llama3-8B.json (concat subject index, BOS stripped from targets)",
     ("MEMIT", "smollm2-135m"): "fastedit: derived for SmolLM2-135M (README, 'SmolLM2 presets')",
+    ("AlphaEdit", "gpt2-xl"): "jianghoucheng/AlphaEdit hparams/AlphaEdit/gpt2-xl.json (concat subject index, BOS stripped from targets, as its code does)",
+    ("AlphaEdit", "gpt-j-6b"): "jianghoucheng/AlphaEdit hparams/AlphaEdit/EleutherAI_gpt-j-6B.json (concat subject index, BOS stripped from targets, as its code does)",
+    ("AlphaEdit", "llama-3-8b"): "jianghoucheng/AlphaEdit hparams/AlphaEdit/Llama3-8B.json (concat subject index, BOS stripped from targets, as its code does)",
 }

@@ -60,7 +60,9 @@ def test_rrome_defaults():
 
 @pytest.mark.parametrize("folder,model", sorted(PRESET_SOURCES))
 def test_presets_load(folder, model):
-    cls = {"ROME": ROMEHyperParams, "MEMIT": MEMITHyperParams}[folder]
+    from fastedit.methods.alphaedit import AlphaEditHyperParams
+
+    cls = {"ROME": ROMEHyperParams, "MEMIT": MEMITHyperParams, "AlphaEdit": AlphaEditHyperParams}[folder]
     hp = cls.preset(model)
     assert hp.layers
 

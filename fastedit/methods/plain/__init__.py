@@ -16,8 +16,9 @@ Hyperparameters are a dict of the reference keys. Statistics come from the refer
 
 from __future__ import annotations
 
+from .alphaedit import alphaedit, null_space_projection
 from .common import read_second_moment, subject_index
 from .memit import memit
 from .rome import rome
 
-__all__ = ["rome", "memit", "subject_index", "read_second_moment"]
+__all__ = ["rome", "memit", "alphaedit", "null_space_projection", "subject_index", "read_second_moment"]
