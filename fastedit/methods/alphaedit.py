@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..hparams import MEMITHyperParams, _real
+from ..hparams import MEMITHyperParams, _name, _real
 
 __all__ = ["AlphaEditHyperParams"]
 
@@ -28,7 +28,9 @@ class AlphaEditHyperParams(MEMITHyperParams):
     """AlphaEdit's hyperparameters: MEMIT's plus ``nullspace_threshold`` (the absolute singular-value
     cut on C) and ``L2`` (the ridge on the update). Its files name neither the subject-index rule nor
     the target handling: its code always uses the ``concat`` rule and strips a BOS from targets, so
-    those are the defaults here."""
+    those are the defaults here. ``P_loc`` (EasyEdit's files: where its code saves P with
+    ``torch.save``) is accepted and not read: P is computed from the statistics, once per layer and
+    session, and no pickle is loaded."""
 
     METHOD: ClassVar[str] = "alphaedit"
     PRESET_FOLDER: ClassVar[str] = "AlphaEdit"
@@ -37,8 +39,9 @@ class AlphaEditHyperParams(MEMITHyperParams):
     L2: float = 10.0
     subject_index_rule: str = "concat"
     strip_target_bos: bool = True
+    P_loc: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         # L2 = 0 leaves P(KKᵀ + K_pK_pᵀ) singular (rank at most that of the keys), so the solve fails.
-        self._check_rules({"nullspace_threshold": _real(0, True), "L2": _real(0, True)})
+        self._check_rules({"nullspace_threshold": _real(0, True), "L2": _real(0, True), "P_loc": _name(True)})
