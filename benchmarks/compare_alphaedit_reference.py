@@ -40,17 +40,18 @@ from fastedit.engine import EditSession  # noqa: E402
 from fastedit.methods.alphaedit import AlphaEditHyperParams  # noqa: E402
 from fastedit.models import get_adapter  # noqa: E402
 from fastedit.requests import EditRequest  # noqa: E402
+from fastedit.stats.store import default_stats_dir  # noqa: E402
 from fastedit.stats.synthetic import write_synthetic_second_moments  # noqa: E402
 
 log = logging.getLogger("compare_alphaedit_reference")
 TEMPLATES = [["{}"], ["The weather was cold. {}", "Because of this. {}", "I think that. {}"]]
 
 
-def hparams_and_stats(model, adapter, spec: str, workdir: Path):
-    """(hyperparameters, stats_dir): the preset and fastedit's cache for a named model; small
+def hparams_and_stats(model, adapter, spec: str, workdir: Path, stats_dir: Path | None):
+    """(hyperparameters, stats_dir): the preset and ``stats_dir`` for a named model; small
     hyperparameters and synthetic statistics (threshold mid-spectrum) for a random one."""
     if not spec.startswith("random:"):
-        return AlphaEditHyperParams.preset(spec).resolve(adapter, model), None
+        return AlphaEditHyperParams.preset(spec).resolve(adapter, model), stats_dir
     hp = dict(small_hparams("memit", model, adapter), mom2_n_samples=1000, L2=10.0)
     stats = workdir / "stats"
     paths = write_synthetic_second_moments(model, AlphaEditHyperParams.from_dict(
@@ -79,6 +80,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reference-dir", type=Path, required=True)
     ap.add_argument("--model", default="random:llama")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 1], help="sizes of the sequential batches")
+    ap.add_argument("--stats-dir", type=Path, default=None, help="statistics cache of a named model "
+                    "(default: $FASTEDIT_STATS_DIR, else data/stats)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
     ref = rs.import_reference(args.reference_dir, workdir)
     with rs._working_directory(workdir):
         ae = importlib.import_module("AlphaEdit.AlphaEdit_main")
-    hp, stats_dir = hparams_and_stats(model, adapter, args.model, workdir)
+    hp, stats_dir = hparams_and_stats(model, adapter, args.model, workdir, (args.stats_dir or default_stats_dir()).resolve())
     demo = json.loads((Path(__file__).resolve().parents[1] / "fastedit/data/demo_requests.json").read_text())
     requests = [EditRequest.from_dict(r, index=i) for i, r in enumerate(demo)]
     ref_model, fe_model = copy.deepcopy(model), copy.deepcopy(model)

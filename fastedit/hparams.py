@@ -503,11 +503,5 @@ PRESET_SOURCES: dict[tuple[str, str], str] = {
     ("AlphaEdit", "gpt2-xl"): "jianghoucheng/AlphaEdit hparams/AlphaEdit/gpt2-xl.json (concat subject index, BOS stripped from targets, as its code does)",
     ("AlphaEdit", "gpt-j-6b"): "jianghoucheng/AlphaEdit hparams/AlphaEdit/EleutherAI_gpt-j-6B.json (concat subject index, BOS stripped from targets, as its code does)",
     ("AlphaEdit", "llama-3-8b"): "jianghoucheng/AlphaEdit hparams/AlphaEdit/Llama3-8B.json (concat subject index, BOS stripped from targets, as its code does)",
-    ("AlphaEdit", "smollm2-135m"): (
-        "fastedit: the MEMIT SmolLM2-135M preset's layers and optimisation with AlphaEdit's threshold 2e-2 and "
-        "L2 10. C has no true null space here (singular values 3e-3 to 4; 2e-2 keeps 900-1,185 of 1,536 "
-        "directions, 21-45% of the key energy); on 10 CounterFact edits 2e-2/10, 2e-2/1.07 (L2 scaled by d_ff), "
-        "1e-2/10 and 1e-2/1.07 all rewrite 10/10, and 2e-2/10 moves the neighbourhood least (0.062 vs 0.063-0.087 "
-        "mean |Δ NLL|)"
-    ),
+    ("AlphaEdit", "smollm2-135m"): "fastedit: MEMIT's SmolLM2-135M preset with AlphaEdit's threshold 2e-2 and L2 10 (README, 'SmolLM2 presets')",
 }

@@ -224,3 +224,17 @@ def test_reads_easyedit_yaml(tmp_path):
     assert (hp.v_lr, hp.L2, hp.P_loc, hp.stats_dir) == (0.1, 1, "./null_space_project.pt", "./data/stats")
     with pytest.raises(HyperParamsError, match="alg_name"):
         AlphaEditHyperParams.from_dict({**data, "alg_name": "MEMIT"})
+
+
+def test_save_load_continues_identically(gpt2_tok, tmp_path):
+    """A loaded session rebuilds its r × r factor from the saved edit history: its next edit equals
+    the original session's."""
+    model, hp, _, _ = setup("gpt2", tmp_path / "stats")
+    copy_model = copy.deepcopy(model)  # the unedited base the saved session is loaded onto
+    kw = dict(templates=GROUPS, stats_dir=tmp_path / "stats", progress=False, mode="fast")
+    sess = EditSession(model, gpt2_tok, "alphaedit", hp, **kw)
+    sess.apply(REQUESTS[:2])
+    sess.save(tmp_path / "saved")
+    loaded = EditSession.load(tmp_path / "saved", copy_model, gpt2_tok, stats_dir=tmp_path / "stats", progress=False)
+    assert loaded.edit_history.columns(1) == 2
+    compare(session_deltas(loaded, REQUESTS[2:]), session_deltas(sess, REQUESTS[2:]))
