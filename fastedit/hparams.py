@@ -518,4 +518,8 @@ PRESET_SOURCES: dict[tuple[str, str], str] = {
         "λ_n 20 scaled by d_ff to 1607 and 2.14 (λ_n/λ_p kept), v_loss_layer 29 (the last layer), the MEMIT "
         "preset's 100,000 statistics samples (one statistics file for both); not tuned"
     ),
+    ("AlphaEdit", "gpt2-xl"): "jianghoucheng/AlphaEdit hparams/AlphaEdit/gpt2-xl.json (concat subject index, BOS stripped from targets, as its code does)",
+    ("AlphaEdit", "gpt-j-6b"): "jianghoucheng/AlphaEdit hparams/AlphaEdit/EleutherAI_gpt-j-6B.json (concat subject index, BOS stripped from targets, as its code does)",
+    ("AlphaEdit", "llama-3-8b"): "jianghoucheng/AlphaEdit hparams/AlphaEdit/Llama3-8B.json (concat subject index, BOS stripped from targets, as its code does)",
+    ("AlphaEdit", "smollm2-135m"): "fastedit: MEMIT's SmolLM2-135M preset with AlphaEdit's threshold 2e-2 and L2 10 (README, 'SmolLM2 presets')",
 }

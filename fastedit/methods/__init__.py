@@ -1,6 +1,6 @@
 """Editing methods, one file per method, each registered by name (:mod:`fastedit.methods.registry`)."""
 
-from . import rome, memit, emmet, encore  # noqa: F401, I001  (importing a method's module registers it)
+from . import rome, memit, alphaedit, emmet, encore  # noqa: F401, I001  (importing a method's module registers it)
 from .registry import EditMethod, get_method, method_names
 
 __all__ = ["EditMethod", "get_method", "method_names"]

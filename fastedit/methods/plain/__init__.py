@@ -16,10 +16,17 @@ Hyperparameters are a dict of the reference keys. Statistics come from the refer
 
 from __future__ import annotations
 
+from .alphaedit import alphaedit, null_space_projection
 from .common import read_second_moment, subject_index
 from .emmet import emmet
 from .encore import encore
 from .memit import memit
 from .rome import rome
 
-__all__ = ["rome", "memit", "emmet", "encore", "subject_index", "read_second_moment"]
+from .alphaedit import alphaedit
+from .emmet import emmet
+from .encore import encore
+from .memit import memit
+from .rome import rome
+
+__all__ = ["rome", "memit", "alphaedit", "emmet", "encore", "subject_index", "read_second_moment"]
