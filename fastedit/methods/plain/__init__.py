@@ -23,10 +23,4 @@ from .encore import encore
 from .memit import memit
 from .rome import rome
 
-from .alphaedit import alphaedit
-from .emmet import emmet
-from .encore import encore
-from .memit import memit
-from .rome import rome
-
-__all__ = ["rome", "memit", "alphaedit", "emmet", "encore", "subject_index", "read_second_moment"]
+__all__ = ["rome", "memit", "alphaedit", "emmet", "encore", "null_space_projection", "subject_index", "read_second_moment"]
