@@ -391,6 +391,117 @@ def run_method(method, ref, base, tok, adapter, requests, hp, templates, workdir
     }
 
 
+# ---------------------------------------------------------------------------- sequential runs
+SUCCESSORS = ("alphaedit", "emmet", "encore")
+
+
+def model_short_name(spec: str) -> str:
+    """``smollm2-135m`` → ``smollm2``, ``random:gpt2,...`` → ``gpt2``: the results files' model part."""
+    name = spec.split(":", 1)[-1].split(",")[0]
+    return name.split("-")[0] if name.startswith("smollm2") else Path(name).name
+
+
+def link_reference_stats(stats_dir: Path, name_or_path: str) -> None:
+    """fastedit writes kmeng01's model folder; AlphaEdit's code reads the folder named by the last path
+    component (its layer_stats, unchanged): that name is linked to the same folder where it differs."""
+    from fastedit.stats.cache import reference_model_names
+
+    kmeng, alpha = reference_model_names(name_or_path)
+    if alpha != kmeng and not (stats_dir / alpha).exists():
+        (stats_dir / alpha).symlink_to(stats_dir / kmeng, target_is_directory=True)
+
+
+def run_sequential(args, reference_dir: Path, workdir: Path, stats_dir: Path, machine: dict) -> dict:
+    """``--edits N`` edits of ``--batch-size`` requests each through the reference code of
+    ``args.method`` and (unless ``--reference-only``) through fastedit; see :mod:`reference_sequence`."""
+    import reference_sequence as rs
+    from fastedit.models import get_adapter
+    from fastedit.stats.store import SecondMomentStore
+
+    method = args.method
+    if not args.reference_only:
+        rs.check_fastedit_method(method)
+    torch.manual_seed(0)
+    base, tok, label = load_model(args.model)
+    adapter = get_adapter(base)
+    args.stats_max_len = min(args.stats_max_len, adapter.max_positions(base))
+    requests = load_requests(args.requests_file, args.edits * args.batch_size)
+    shared = resolve_hparams("memit", args.hparams if method == "memit" else None, base, adapter, args.stats_samples)
+    s = rs.prepare(method, reference_dir, base, tok, adapter, requests, args, workdir, shared)
+    d = s.hp_data
+    stats_hp = shared.replace(layers=tuple(d["layers"]), rewrite_module_tmp=d["rewrite_module_tmp"],
+                              mom2_dataset=d["mom2_dataset"], mom2_dtype=d["mom2_dtype"])
+    SecondMomentStore(base, tok, adapter, stats_hp, stats_dir=stats_dir, source=args.stats_source,
+                      max_len=args.stats_max_len, progress=False).ensure(stats_hp.layers)
+    link_reference_stats(stats_dir, str(base.config._name_or_path))
+    names = [f"{d['rewrite_module_tmp'].format(layer)}.weight" for layer in d["layers"]]
+    print(f"[{method}] {len(s.batches)} sequential edit(s) of {args.batch_size} through the reference ...", flush=True)
+    ref = rs.run_reference(s, base, tok, adapter, names, _Timed)
+    ours = None
+    if not args.reference_only:
+        print(f"[{method}] ... and through fastedit", flush=True)
+        ours = rs.run_fastedit(s, base, tok, names, stats_dir, args, _Timed)
+    edits = rs.edit_records(ref, ours, names, d["layers"])
+    clean = {"reference": unchanged_elsewhere(base, ref["model"], names)}
+    if ours:
+        clean["fastedit"] = unchanged_elsewhere(base, ours["model"], names)
+    worst = max(e["max_rel_error"] for e in edits) if ours else None
+    deltas_path = Path(args.save_deltas or workdir / f"reference_deltas_{method}.pt").resolve()
+    rs.save_deltas(deltas_path, ref, names, {"method": method, "model": label, "hparams": d, "templates": s.templates,
+                                            "requests": [r.to_reference_dict() for r in requests]})
+    return {
+        "mode": "sequential", "method": method, "model": label, "dtype": "float32",
+        "n_edits": len(s.batches), "batch_size": args.batch_size, "reference_only": bool(args.reference_only),
+        "requests": [r.to_reference_dict() for r in requests],
+        "reference_dir": str(reference_dir), "reference_commit": reference_commit(reference_dir),
+        "hparams_file": str(s.hp_path), "hparams": d, "hparams_source": s.hp_source, "templates": s.templates,
+        "template_seed": args.seed,
+        "stats": {"source": str(args.stats_source), "samples": args.stats_samples, "max_len": args.stats_max_len,
+                  "dir": str(stats_dir), "fastedit_files": ours["stats_files"] if ours else None},
+        "reference_setup_s": ref["setup"].wall, "reference_setup_info": ref["begin"],
+        "fastedit_setup_s": ours["setup"].wall if ours else None,
+        "reference_total_s": sum(e["reference_s"] for e in edits),
+        "fastedit_total_s": sum(e["fastedit_s"] for e in edits) if ours else None,
+        "edits": edits, "history_rel_error": rs.history_errors(ref, ours),
+        "max_rel_update_error": worst, "tolerance": args.tolerance, "other_parameters_unchanged": clean,
+        "passed": None if ours is None else bool(worst <= args.tolerance and all(clean.values())),
+        "reference_deltas_file": str(deltas_path), "reference_log": str(s.log_path),
+        "machine": machine, "shims": reference_shims.SHIMS,
+    }
+
+
+def sequential_table(r: dict) -> str:
+    """The printed report of a sequential run: one line per edit and weight, then the totals."""
+    both = not r["reference_only"]
+    lines = [
+        f"compare_reference (sequential): {r['method']} on {r['model']} (float32), {r['n_edits']} edit(s) of "
+        f"{r['batch_size']} CounterFact request(s), reference {r['reference_dir']}",
+        f"machine: {r['machine']['cpu']}, {r['machine']['torch_threads']} torch threads, device "
+        f"{r['machine']['device']}, torch {r['machine']['torch']}, transformers {r['machine']['transformers']}",
+        "",
+        f"{'edit':>4} {'edited weight':<42} {'|dW| reference':>15} {'|dW| fastedit':>15} {'rel. error':>11} "
+        f"{'ref s':>8} {'fastedit s':>10}",
+        "-" * 111,
+    ]
+    for e in r["edits"]:
+        for i, (name, w) in enumerate(e["weights"].items()):
+            fe = f"{w['fastedit_update_norm']:>15.6e} {w['rel_error']:>11.2e}" if both else f"{'-':>15} {'-':>11}"
+            t = f"{e['reference_s']:>8.2f} {e['fastedit_s'] if both else float('nan'):>10.2f}" if i == 0 else ""
+            lines.append(f"{e['edit']:>4} {name:<42} {w['ref_update_norm']:>15.6e} {fe} {t}")
+    lines.append("")
+    lines.append(f"setup (statistics, AlphaEdit's P; fastedit's session): reference {r['reference_setup_s']:.2f} s"
+                 + (f", fastedit {r['fastedit_setup_s']:.2f} s" if both else "")
+                 + (f"; {r['reference_setup_info']}" if r["reference_setup_info"] else ""))
+    lines.append(f"edits: reference {r['reference_total_s']:.2f} s" + (
+        f", fastedit {r['fastedit_total_s']:.2f} s, speedup {r['reference_total_s'] / r['fastedit_total_s']:.2f}x"
+        if both else " (reference only)"))
+    if both:
+        lines.append(f"max relative update error {r['max_rel_update_error']:.2e} (tolerance {r['tolerance']:g}); "
+                     f"history Gram rel. error {r['history_rel_error']}; passed: {'yes' if r['passed'] else 'NO'}")
+    lines.append(f"(reference per-edit dW in {r['reference_deltas_file']}; reference output in {r['reference_log']})")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- report
 def table(summary: dict, results: list[dict]) -> str:
     lines = [
@@ -430,11 +541,58 @@ def table(summary: dict, results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _scratch(args, reference_dir: Path) -> tuple[Path, Path]:
+    """(scratch folder holding a copy of the checkout's globals.yml, the statistics folder it names)."""
+    import yaml
+
+    if not (reference_dir / "globals.yml").is_file():
+        raise SystemExit(f"{reference_dir}/globals.yml not found: is this a checkout of the reference code?")
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="fastedit-compare-reference-"))).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(reference_dir / "globals.yml", workdir / "globals.yml")
+    return workdir, workdir / yaml.safe_load((workdir / "globals.yml").read_text())["STATS_DIR"]
+
+
+def sequential_main(args) -> int:
+    """``--edits N``: run, print and write one sequential comparison (see :func:`run_sequential`)."""
+    if args.method == "both" or args.method == "rome":
+        raise SystemExit("--edits runs memit, alphaedit, emmet or encore (one method at a time)")
+    if args.edits < 1 or args.batch_size < 1:
+        raise SystemExit("--edits and --batch-size must be at least 1")
+    reference_dir = args.reference_dir.resolve()
+    args.stats_source = args.stats_source.resolve()
+    workdir, stats_dir = _scratch(args, reference_dir)
+    if args.out is None:
+        name = f"compare_reference_{args.method}_{model_short_name(args.model)}.json"
+        args.out = workdir / f"reference_{args.method}.json" if args.reference_only else HERE / "results" / name
+    out = args.out.resolve()
+    result = run_sequential(args, reference_dir, workdir, stats_dir, machine_description())
+    text = sequential_table(result)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".txt").write_text(text + "\n")
+    last = {k: result[k] for k in ("method", "model", "n_edits", "batch_size", "max_rel_update_error", "passed",
+                                   "reference_total_s", "fastedit_total_s")}
+    last["per_edit_max_rel_error"] = [e.get("max_rel_error") for e in result["edits"]]
+    last["out"] = str(out)
+    print(json.dumps(last))
+    return 0 if result["passed"] in (True, None) else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference-dir", required=True, type=Path, help="checkout of kmeng01/memit or kmeng01/rome")
-    ap.add_argument("--method", choices=["rome", "memit", "both"], default="both",
-                    help="default: both, or what the checkout has")
+    ap.add_argument("--method", choices=["rome", "memit", "both", *SUCCESSORS], default="both",
+                    help="default: both, or what the checkout has; alphaedit, emmet and encore run sequentially")
+    ap.add_argument("--edits", type=int, default=None,
+                    help="sequential mode: this many edits one after another, each ΔW compared (default for "
+                         "alphaedit, emmet, encore: 5; memit: only with this flag)")
+    ap.add_argument("--batch-size", type=int, default=1, help="sequential mode: requests per edit")
+    ap.add_argument("--reference-only", action="store_true",
+                    help="sequential mode: run the reference side alone (no fastedit method needed)")
+    ap.add_argument("--save-deltas", type=Path, default=None,
+                    help="sequential mode: where the reference's per-edit dW go (default: the scratch folder)")
     ap.add_argument("--model", default="smollm2-135m",
                     help="fastedit model name or path, or random:ARCH[,key=value...] (ARCH: gpt2, gptj, gpt_neox, "
                          "llama, mistral, qwen2; small seeded random config, initializer_range "
@@ -455,10 +613,16 @@ def main(argv=None) -> int:
     ap.add_argument("--tolerance", type=float, default=1e-4, help="largest relative update error that passes")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each side this many times, alternating which goes first; report the fastest")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                    help="results JSON (default: benchmarks/results/compare_reference.json); the table goes beside it as .txt")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results JSON (default: benchmarks/results/compare_reference.json; sequential mode: "
+                         "compare_reference_<method>_<model>.json there, or the scratch folder with "
+                         "--reference-only); the table goes beside it as .txt")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.method in SUCCESSORS and args.edits is None:
+        args.edits = 5
+    if args.edits is not None:
+        return sequential_main(args)
 
     from fastedit.methods.templates import memit_templates, rome_templates
     from fastedit.models import get_adapter
@@ -466,7 +630,7 @@ def main(argv=None) -> int:
 
     reference_dir = args.reference_dir.resolve()
     args.stats_source = args.stats_source.resolve()
-    out = args.out.resolve()
+    out = (args.out or DEFAULT_OUT).resolve()
     if args.method == "both":
         methods = [m for m in ("rome", "memit") if reference_shims.has_method(reference_dir, m)]
     else:
@@ -474,15 +638,7 @@ def main(argv=None) -> int:
     missing = [m for m in methods if not reference_shims.has_method(reference_dir, m)]
     if not methods or missing:
         raise SystemExit(f"{reference_dir} holds no reference package for {missing or ['rome', 'memit']}")
-    if not (reference_dir / "globals.yml").is_file():
-        raise SystemExit(f"{reference_dir}/globals.yml not found: is this a checkout of kmeng01/rome or kmeng01/memit?")
-
-    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="fastedit-compare-reference-"))).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(reference_dir / "globals.yml", workdir / "globals.yml")
-    import yaml
-
-    stats_dir = workdir / yaml.safe_load((workdir / "globals.yml").read_text())["STATS_DIR"]
+    workdir, stats_dir = _scratch(args, reference_dir)
     log_path = workdir / "reference.log"
 
     machine = machine_description()
