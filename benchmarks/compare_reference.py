@@ -1,15 +1,27 @@
 """Side by side: the same edits through the public reference code and through fastedit.
 
-    python benchmarks/compare_reference.py --reference-dir ../ref/memit [--method rome|memit|both]
+    python benchmarks/compare_reference.py --reference-dir CHECKOUT [--method rome|memit|both]
         [--model smollm2-135m | random:gpt2 | random:llama | ...] [--requests 3] [--hparams FILE]
         [--stats-source FILE] [--stats-samples 20] [--stats-max-len 512] [--out FILE.json]
+    python benchmarks/compare_reference.py --reference-dir CHECKOUT --method alphaedit|emmet|encore|memit
+        [--edits 5] [--batch-size 1] [--reference-only] [--save-deltas FILE.pt] [same options]
 
-``--reference-dir`` is a checkout of kmeng01/memit (which also holds the ``rome/`` package) or of
-kmeng01/rome, fetched beside the project and never committed; for example
+``--reference-dir`` is a checkout of the method's public code, kept beside the project (never inside
+it) and never committed. Plain folders, for example:
 
-    git clone https://github.com/kmeng01/memit ../ref/memit
+    git clone https://github.com/kmeng01/memit ../ref/memit          # rome, memit (also has rome/)
+    git clone https://github.com/jianghoucheng/AlphaEdit ../ref/alphaedit
+    git clone https://github.com/scalable-model-editing/unified-model-editing ../ref/emmet
+    git clone https://github.com/scalable-model-editing/knowledge-editing-regularization ../ref/encore
 
-For each method the script
+(or, from a bare mirror, ``git --git-dir=MIRROR archive HEAD | tar -x -C ../ref/NAME``). Each is run as
+it is: AlphaEdit through ``AlphaEdit.AlphaEdit_main.apply_AlphaEdit_to_model(..., cache_c=, P=)``,
+EMMET through ``emmet.emmet_main.apply_emmet_to_model``, ENCORE through
+``encore.encore_main.apply_encore_to_model`` (its sequential memory ``SEQ_CACHE`` switched on with
+``hparams.sequential = True``, as its experiment script does), MEMIT through kmeng01's
+``apply_memit_to_model``; see ``benchmarks/reference_methods.py``.
+
+Batch mode (rome, memit; the default). For each method the script
 
 1. computes the second-moment statistics once with fastedit, in the reference's cache layout and file
    name, under a scratch folder that also holds a copy of the checkout's ``globals.yml`` (the reference
@@ -25,6 +37,35 @@ For each method the script
    process CPU times (steadier than wall time where other jobs share the machine). ``--repeat N``
    runs each side N times, alternating which goes first, and reports the fastest run of each.
 
+Sequential mode (``--edits N``; always for alphaedit, emmet, encore, default N = 5): ``N`` edits of
+``--batch-size`` requests (default 1) one after another on each side, as the successors' papers run
+them (see ``benchmarks/reference_sequence.py``):
+
+* hyperparameters: one file in the reference's own JSON layout, written to the scratch folder from the
+  checkout's file for the model family (``hparams/AlphaEdit/gpt2-xl.json``, ``Llama3-8B.json``, ...)
+  with the settings shared with MEMIT (layers, optimisation, module names, statistics) taken from
+  fastedit's MEMIT preset for the model (small settings for random models) and the method's own keys
+  (``nullspace_threshold``, ``L2``, ``emmet_lambda``, ``update_norm_lambda``, ``prob_cutoff``, ...) as
+  the repository has them; or ``--hparams FILE`` in that layout, used as it is. The reference reads
+  it with its ``from_json``, fastedit with ``fastedit.hparams.load_hparams(method, file)``;
+* statistics, templates: as in batch mode (MEMIT's template groups; AlphaEdit's code reads the model's
+  statistics folder under its own naming, the last path component, linked where it differs);
+* the fastedit side is ``EditSession(model, tok, method, hp, templates=...)`` and one
+  ``apply(batch)`` per edit; it needs the method registered in fastedit (a clear error otherwise;
+  ``--reference-only`` runs the reference alone);
+* AlphaEdit: ``P`` is built before the first edit from the reference's own ``get_cov`` (its statistics
+  loader) with the null-space threshold of the file, and ``cache_c`` starts at zero and is threaded
+  from call to call, as its ``experiments/evaluate.py`` does; fastedit builds its own from the same
+  statistics file and threshold. The results give P's rank and how close a singular value is to the
+  threshold, and (where the session keeps ``session.history``) the relative difference of
+  ``session.history.gram(layer)`` from the final ``cache_c`` (ENCORE: from ``SEQ_CACHE``);
+* ENCORE stops its target optimisation early (``prob_cutoff``); both sides read the same value, and
+  the reference's ‖δ‖ per request is recorded per edit;
+* the report gives, per edit and per edited weight, ‖ΔW_e,fastedit − ΔW_e,ref‖ / ‖ΔW_e,ref‖ where ΔW_e
+  is that edit's change, both sides' time per edit and their setup times. The reference's per-edit ΔW
+  are saved (``--save-deltas``, default in the scratch folder) and fingerprinted (norm, largest entry,
+  SHA-256) in the JSON.
+
 ``--model random:gpt2`` (or gptj, gpt_neox, llama, mistral, qwen2) uses a small seeded random-weight
 model of that family with GPT-2's tokenizer and small hyperparameters (see :func:`small_hparams`);
 statistics are truncated to the model's context length.
@@ -33,9 +74,10 @@ The reference runs unmodified; what it needs to run here (no CUDA, transformers 
 patched at run time by ``benchmarks/reference_shims.py`` and listed in the results. Its own output goes
 to a log file in the scratch folder.
 
-The results go to ``--out`` (JSON) and a ``.txt`` beside it with the printed table; the last line
-printed is one JSON object with the summary. The exit status is 1 when an error exceeds
-``--tolerance`` (default 1e-4).
+The results go to ``--out`` (JSON; sequential mode: ``benchmarks/results/compare_reference_<method>_
+<model>.json``, with ``--reference-only`` the scratch folder) and a ``.txt`` beside it with the printed
+table; the last line printed is one JSON object with the summary. The exit status is 1 when an error
+exceeds ``--tolerance`` (default 1e-4).
 """
 
 from __future__ import annotations
@@ -580,7 +622,7 @@ def sequential_main(args) -> int:
     return 0 if result["passed"] in (True, None) else 1
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference-dir", required=True, type=Path, help="checkout of kmeng01/memit or kmeng01/rome")
     ap.add_argument("--method", choices=["rome", "memit", "both", *SUCCESSORS], default="both",
@@ -617,7 +659,11 @@ def main(argv=None) -> int:
                     help="results JSON (default: benchmarks/results/compare_reference.json; sequential mode: "
                          "compare_reference_<method>_<model>.json there, or the scratch folder with "
                          "--reference-only); the table goes beside it as .txt")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.method in SUCCESSORS and args.edits is None:
         args.edits = 5

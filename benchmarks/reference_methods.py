@@ -72,10 +72,13 @@ class ReferenceMethod:
 def nullspace_projection(cov: torch.Tensor, threshold: float) -> tuple[torch.Tensor, int]:
     """AlphaEdit's projection onto the null space of the preserved keys, as its experiment script
     builds ``P`` before the first edit: U_s U_sᵀ over the singular vectors of C whose singular value
-    is below ``threshold``. ``cov``: (d_ff, d_ff) float32 → ((d_ff, d_ff) float32, rank of P)."""
+    is below ``threshold``. ``cov``: (d_ff, d_ff) float32 → ((d_ff, d_ff) float32, info), info: the
+    rank of P and the singular value closest to the threshold relative to it (a margin near 0 means
+    another solver's rounding may move one direction across the threshold and change P)."""
     U, S, _ = torch.linalg.svd(cov, full_matrices=False)
     keep = U[:, S < threshold]
-    return keep @ keep.T, keep.shape[1]
+    margin = float(((S.double() - threshold).abs() / threshold).min())
+    return keep @ keep.T, {"rank": keep.shape[1], "threshold_margin": margin}
 
 
 def _alphaedit_begin(mod, model, tok, hp, adapter) -> dict:
@@ -83,13 +86,13 @@ def _alphaedit_begin(mod, model, tok, hp, adapter) -> dict:
     empty ``cache_c``, both (n_layers, d_ff, d_ff) on the CPU, as its experiment script sets them up."""
     d_ff = adapter.key_size(model, hp.layers[0])
     P = torch.zeros((len(hp.layers), d_ff, d_ff))
-    ranks = {}
+    null_space = {}
     for i, layer in enumerate(hp.layers):
         cov = mod.get_cov(
             model, tok, hp.rewrite_module_tmp.format(layer), hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_dtype,
         ).cpu()
-        P[i], ranks[str(layer)] = nullspace_projection(cov, hp.nullspace_threshold)
-    return {"P": P, "cache_c": torch.zeros_like(P), "null_space_rank": ranks, "d_ff": d_ff}
+        P[i], null_space[str(layer)] = nullspace_projection(cov, hp.nullspace_threshold)
+    return {"P": P, "cache_c": torch.zeros_like(P), "null_space": null_space, "d_ff": d_ff}
 
 
 def _alphaedit_edit(mod, model, tok, requests, hp, state) -> dict:
@@ -154,7 +157,8 @@ REFERENCE_METHODS: dict[str, ReferenceMethod] = {
         ),
         ReferenceMethod(
             "memit", "memit.memit_main", "MEMITHyperParams", "apply_memit_to_model", "MEMIT",
-            "memit/memit_main.py", {"gpt2": ("gpt2-xl.json",), "llama": _LLAMA}, edit=_memit_edit,
+            # kmeng01's checkout has no Llama file; fastedit's MEMIT settings replace every key anyway
+            "memit/memit_main.py", {"gpt2": ("gpt2-xl.json",), "llama": _LLAMA + ("gpt2-xl.json",)}, edit=_memit_edit,
         ),
     )
 }

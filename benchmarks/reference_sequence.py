@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -53,9 +55,8 @@ def check_fastedit_method(method: str) -> None:
 
     try:
         hparams_class(method)
-        from fastedit.methods import registry  # the method registry, where the branch has it
-
-        registry.get_method(method)
+        # the method registry, where the checkout has it
+        importlib.import_module("fastedit.methods.registry").get_method(method)
     except ModuleNotFoundError as e:
         if e.name != "fastedit.methods.registry":
             raise
@@ -166,7 +167,9 @@ def edit_records(ref: dict, ours: dict | None, names, layers) -> list[dict]:
         o = ours["edits"][e] if ours else None
         weights = {}
         for layer, n in zip(layers, names):
-            w = {"layer": layer, "ref_update_norm": float(r["delta"][n].double().norm())}
+            d = r["delta"][n]
+            w = {"layer": layer, "ref_update_norm": float(d.double().norm()), "ref_update_max_abs": float(d.abs().max()),
+                 "ref_update_sha256": hashlib.sha256(d.float().contiguous().numpy().tobytes()).hexdigest()}
             if o is not None:
                 w["fastedit_update_norm"] = float(o["delta"][n].double().norm())
                 w["rel_error"] = _rel(o["delta"][n], r["delta"][n])
