@@ -57,8 +57,8 @@ them (see ``benchmarks/reference_sequence.py``):
   loader) with the null-space threshold of the file, and ``cache_c`` starts at zero and is threaded
   from call to call, as its ``experiments/evaluate.py`` does; fastedit builds its own from the same
   statistics file and threshold. The results give P's rank and how close a singular value is to the
-  threshold, and (where the session keeps ``session.history``) the relative difference of
-  ``session.history.gram(layer)`` from the final ``cache_c`` (ENCORE: from ``SEQ_CACHE``);
+  threshold, and (where the session keeps an edit history) the relative difference of
+  ``session.edit_history.gram(layer)`` from the final ``cache_c`` (ENCORE: from ``SEQ_CACHE``);
 * ENCORE stops its target optimisation early (``prob_cutoff``); both sides read the same value, and
   the reference's ‖δ‖ per request is recorded per edit;
 * the report gives, per edit and per edited weight, ‖ΔW_e,fastedit − ΔW_e,ref‖ / ‖ΔW_e,ref‖ where ΔW_e
@@ -461,8 +461,6 @@ def run_sequential(args, reference_dir: Path, workdir: Path, stats_dir: Path, ma
     from fastedit.stats.store import SecondMomentStore
 
     method = args.method
-    if not args.reference_only:
-        rs.check_fastedit_method(method)
     torch.manual_seed(0)
     base, tok, label = load_model(args.model)
     adapter = get_adapter(base)
@@ -496,7 +494,8 @@ def run_sequential(args, reference_dir: Path, workdir: Path, stats_dir: Path, ma
         "n_edits": len(s.batches), "batch_size": args.batch_size, "reference_only": bool(args.reference_only),
         "requests": [r.to_reference_dict() for r in requests],
         "reference_dir": str(reference_dir), "reference_commit": reference_commit(reference_dir),
-        "hparams_file": str(s.hp_path), "hparams": d, "hparams_source": s.hp_source, "templates": s.templates,
+        "hparams_file": str(s.hp_path), "hparams": d, "hparams_source": s.hp_source,
+        "fastedit_hparams": ours["hparams"] if ours else None, "templates": s.templates,
         "template_seed": args.seed,
         "stats": {"source": str(args.stats_source), "samples": args.stats_samples, "max_len": args.stats_max_len,
                   "dir": str(stats_dir), "fastedit_files": ours["stats_files"] if ours else None},
@@ -601,6 +600,10 @@ def sequential_main(args) -> int:
         raise SystemExit("--edits runs memit, alphaedit, emmet or encore (one method at a time)")
     if args.edits < 1 or args.batch_size < 1:
         raise SystemExit("--edits and --batch-size must be at least 1")
+    if not args.reference_only:
+        import reference_sequence
+
+        reference_sequence.check_fastedit_method(args.method)
     reference_dir = args.reference_dir.resolve()
     args.stats_source = args.stats_source.resolve()
     workdir, stats_dir = _scratch(args, reference_dir)

@@ -112,18 +112,36 @@ def run_reference(s: SequentialSetup, base, tok, adapter, names, timer) -> dict:
     with open(s.log_path, "a") as f:
         f.write(f"\n===== reference {rm.name}: {len(s.batches)} edit(s) =====\n")
     edits = []
+    start = s.log_path.stat().st_size  # the header above created it
     with reference_shims.reference_shims(s.ref, model, blocks, s.workdir, s.log_path):
         with timer() as setup:
             state = rm.begin(mod, model, tok, hp, adapter)
         before = _weights(model, names)
-        for batch in s.batches:
+        for e, batch in enumerate(s.batches):
+            print(f"{_EDIT_MARK}{e}", flush=True)  # into the reference's log: steps per edit are counted there
             with timer() as timed:
                 info = rm.edit(mod, model, tok, [r.to_reference_dict() for r in batch], hp, state)
             step, before = _step(model, names, before, timed, info)
             edits.append(step)
+    for step, n in zip(edits, _optimisation_steps(s.log_path, start)):
+        step["info"]["target_optimisation_steps"] = n
     history = rm.history(mod, state, hp) if rm.history else None
     begin_info = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
     return {"model": model, "edits": edits, "setup": setup, "history": history, "begin": begin_info}
+
+
+_EDIT_MARK = "===== compare_reference: edit "
+
+
+def _optimisation_steps(log_path: Path, start: int) -> list[int]:
+    """Per edit, how many target-optimisation steps the reference took (its compute_z prints one
+    ``loss ...`` line per step), read from its log after byte ``start``: where a method stops early
+    (ENCORE's ``prob_cutoff``) this shows where it stopped."""
+    with open(log_path, "rb") as f:
+        f.seek(start)
+        text = f.read().decode("utf-8", "replace")
+    parts = text.split(_EDIT_MARK)[1:]
+    return [sum(1 for line in part.splitlines() if line.startswith("loss ")) for part in parts]
 
 
 def run_fastedit(s: SequentialSetup, base, tok, names, stats_dir, args, timer) -> dict:
@@ -148,10 +166,13 @@ def run_fastedit(s: SequentialSetup, base, tok, names, stats_dir, args, timer) -
         step, before = _step(model, names, before, timed)
         edits.append(step)
     history = None
-    if s.method.history is not None and hasattr(session, "history"):
-        history = {layer: session.history.gram(layer) for layer in hp.layers}
+    # the session's edit history (Σ K Kᵀ per layer over the active edits), under either name
+    kept = getattr(session, "edit_history", None) or getattr(session, "history", None)
+    if s.method.history is not None and hasattr(kept, "gram"):
+        history = {layer: kept.gram(layer) for layer in hp.layers}
     stats_files = {str(k): str(v) for k, v in session.stats.loaded_from.items()}
-    return {"model": model, "edits": edits, "setup": setup, "history": history, "stats_files": stats_files}
+    return {"model": model, "edits": edits, "setup": setup, "history": history, "stats_files": stats_files,
+            "hparams": session.hp.to_dict()}
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
