@@ -527,7 +527,8 @@ def sequential_table(r: dict) -> str:
     for e in r["edits"]:
         for i, (name, w) in enumerate(e["weights"].items()):
             fe = f"{w['fastedit_update_norm']:>15.6e} {w['rel_error']:>11.2e}" if both else f"{'-':>15} {'-':>11}"
-            t = f"{e['reference_s']:>8.2f} {e['fastedit_s'] if both else float('nan'):>10.2f}" if i == 0 else ""
+            fe_s = f"{e['fastedit_s']:>10.2f}" if both else f"{'-':>10}"
+            t = f"{e['reference_s']:>8.2f} {fe_s}" if i == 0 else ""
             lines.append(f"{e['edit']:>4} {name:<42} {w['ref_update_norm']:>15.6e} {fe} {t}")
     lines.append("")
     lines.append(f"setup (statistics, AlphaEdit's P; fastedit's session): reference {r['reference_setup_s']:.2f} s"
