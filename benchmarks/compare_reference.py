@@ -671,9 +671,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.method in SUCCESSORS and args.edits is None:
         args.edits = 5
-    if args.edits is not None:
-        return sequential_main(args)
+    return sequential_main(args) if args.edits is not None else batch_main(args)
 
+
+def batch_main(args) -> int:
+    """Batch mode (rome, memit): run, print and write the comparison (see the module docstring)."""
     from fastedit.methods.templates import memit_templates, rome_templates
     from fastedit.models import get_adapter
     from fastedit.stats.store import SecondMomentStore
@@ -744,6 +746,11 @@ def main(argv=None) -> int:
         "shims": reference_shims.SHIMS,
         "results": results,
     }
+    return write_batch_results(summary, results, out)
+
+
+def write_batch_results(summary: dict, results: list[dict], out: Path) -> int:
+    """Print the table, write the JSON and the table beside it, print the one-line summary."""
     text = table(summary, results)
     print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -751,7 +758,7 @@ def main(argv=None) -> int:
     out.with_suffix(".txt").write_text(text + "\n")
     last = {
         "method": summary["method"],
-        "model": label,
+        "model": summary["model"],
         "rel_errors": {r["method"]: {n: v["rel_error"] for n, v in r["layers"].items()} for r in results},
         "max_rel_update_error": summary["max_rel_update_error"],
         "reference_seconds": {r["method"]: round(r["reference_seconds"], 3) for r in results},
@@ -760,7 +767,7 @@ def main(argv=None) -> int:
         "cpu_time_ratio": {r["method"]: round(r["cpu_time_ratio"], 3) for r in results},
         "passed": summary["passed"],
         "out": str(out),
-        "machine": machine,
+        "machine": summary["machine"],
     }
     print(json.dumps(last))
     return 0 if summary["passed"] else 1
