@@ -14,8 +14,9 @@ it) and never committed. Plain folders, for example:
     git clone https://github.com/scalable-model-editing/unified-model-editing ../ref/emmet
     git clone https://github.com/scalable-model-editing/knowledge-editing-regularization ../ref/encore
 
-(or, from a bare mirror, ``git --git-dir=MIRROR archive HEAD | tar -x -C ../ref/NAME``). Each is run as
-it is: AlphaEdit through ``AlphaEdit.AlphaEdit_main.apply_AlphaEdit_to_model(..., cache_c=, P=)``,
+(or, from a bare mirror, ``git --git-dir=MIRROR archive HEAD | tar -x -C ../ref/NAME`` and
+``git --git-dir=MIRROR rev-parse HEAD > ../ref/NAME/.commit``, so that the results name the commit).
+Each is run as it is: AlphaEdit through ``AlphaEdit.AlphaEdit_main.apply_AlphaEdit_to_model(..., cache_c=, P=)``,
 EMMET through ``emmet.emmet_main.apply_emmet_to_model``, ENCORE through
 ``encore.encore_main.apply_encore_to_model`` (its sequential memory ``SEQ_CACHE`` switched on with
 ``hparams.sequential = True``, as its experiment script does), MEMIT through kmeng01's
@@ -89,6 +90,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -274,13 +276,23 @@ def _load_average() -> float | None:
 
 
 def reference_commit(reference_dir: Path) -> str | None:
+    """The checkout's commit: ``git rev-parse HEAD`` where it is a git checkout; for a folder unpacked
+    with ``git archive`` (no git metadata), the last word of a ``.commit`` file beside its code, when
+    one was written there (``git rev-parse HEAD > .commit``)."""
     try:
         out = subprocess.run(
-            ["git", "-C", str(reference_dir), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ["git", "-C", str(reference_dir), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True,
+            timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+        out = None
+    if out is not None and out.returncode == 0:
+        top, _, head = out.stdout.strip().partition("\n")
+        if Path(top).resolve() == Path(reference_dir).resolve() and head:
+            return head.strip()
+    marker = Path(reference_dir) / ".commit"
+    words = marker.read_text().split() if marker.is_file() else []
+    return words[-1] if words and re.fullmatch(r"[0-9a-f]{40}", words[-1]) else None
 
 
 # ---------------------------------------------------------------------------- one comparison
