@@ -63,9 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True)
+    from .methods.registry import method_names
+
+    methods = method_names()
 
     d = sub.add_parser("demo", help="8 sequential counterfactual edits of SmolLM2-135M with a before/after table and a plot")
-    d.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
+    d.add_argument("--method", default="memit", choices=methods)
     d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     d.add_argument("--stats-source", default=None, help="text for the statistics: a .jsonl/.txt file or folder, or 'wikipedia' (streamed "
                    "through datasets) (default: $FASTEDIT_STATS_SOURCE, else the Wikipedia sample that ships with fastedit)")
@@ -74,10 +77,10 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("edit", help="apply edit requests to a model")
     e.add_argument("--model", required=True, help="fastedit name (smollm2-135m), local folder or hub id")
-    e.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
+    e.add_argument("--method", default="memit", choices=methods)
     e.add_argument("--requests", required=True, help="JSON list / JSON-lines of requests (reference, CounterFact or EasyEdit layout)")
     e.add_argument("--hparams", default=None, help="preset name (smollm2-135m, gpt2-xl, ...) or reference hparams JSON file")
-    e.add_argument("--batch-size", type=int_at_least(1), default=None, help="MEMIT: requests per edit (default: all at once); ROME edits one at a time")
+    e.add_argument("--batch-size", type=int_at_least(1), default=None, help="requests per edit for the methods that edit batches (MEMIT family; default: all at once); the ROME family edits one at a time")
     e.add_argument("--out", required=True, help="output folder: result.json, updates.safetensors, config.json")
     e.add_argument("--save-model", action="store_true",
                    help="also write the edited model to OUT/model with save_pretrained (from_pretrained loads it)")
@@ -96,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="a sequential scaling run: N edits with forgetting, downstream ability and norms measured")
     r.add_argument("--model", default="smollm2-135m", help="fastedit name (smollm2-135m), local folder or hub id")
-    r.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
+    r.add_argument("--method", default="memit", choices=methods)
     r.add_argument("--mode", default="exact", choices=["exact", "fast"])
     r.add_argument("--data", default="", help="CounterFact (either layout) or zsRE file; 'hub' for the whole dataset through datasets, or "
                    "hf:owner/name[/file.json] (default: CounterFact's 10,000 records that ship with fastedit; zsRE: "
@@ -188,7 +191,7 @@ def cmd_edit(args) -> int:
         model, tok, args.method, hparams, seed=args.seed, stats_dir=args.stats_dir,
         stats_source=args.stats_source, stats_max_len=args.stats_max_len,
     )
-    if args.method == "memit":
+    if session.method_class.batched:
         size = args.batch_size or len(reqs)
         batches = [reqs[i : i + size] for i in range(0, len(reqs), size)]
     else:

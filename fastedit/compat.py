@@ -35,6 +35,7 @@ import torch
 from .engine import EditSession
 from .errors import safe_component
 from .hparams import HyperParams, MEMITHyperParams, ROMEHyperParams, RROMEHyperParams
+from .methods.registry import get_method
 from .requests import RequestError
 
 __all__ = [
@@ -55,9 +56,10 @@ _SESSIONS: "weakref.WeakKeyDictionary[Any, dict[tuple, EditSession]]" = weakref.
 
 
 def set_context_templates(model, method: str, templates) -> None:
-    """Fix the context templates used for ``model`` (``method``: ``"rome"`` for a flat list,
-    ``"memit"`` for groups), as if the reference had sampled them."""
-    _TEMPLATES.setdefault(model, {})["memit" if method == "memit" else "rome"] = templates
+    """Fix the context templates used for ``model`` by ``method`` and every method with the same kind
+    of templates (a flat list for the ROME family, groups for the MEMIT family), as if the reference
+    had sampled them."""
+    _TEMPLATES.setdefault(model, {})[get_method(method).templates] = templates
     _SESSIONS.pop(model, None)
 
 
@@ -79,7 +81,7 @@ def _session(model, tok, method: str, hp: HyperParams) -> EditSession:
     sessions = _SESSIONS.setdefault(model, {})
     key = (method, hp)
     if key not in sessions:
-        family = "memit" if method == "memit" else "rome"
+        family = get_method(method).templates
         templates = _TEMPLATES.get(model, {}).get(family)
         sess = EditSession(model, tok, method, hp, templates=templates)
         sessions[key] = sess
@@ -125,7 +127,7 @@ def execute_memit(
     ``cache_template`` stores and reuses each request's z as the reference does
     (``cache_template.format(z_layer, clamp_norm_factor, case_id)``, an npz with ``v_star``)."""
     hp = _as_hparams(hparams, MEMITHyperParams)
-    sess = _session(model, tok, "memit", hp)
+    sess = _session(model, tok, hp.METHOD, hp)
     pre, files = {}, {}
     if cache_template is not None:
         for i, r in enumerate(requests):
@@ -158,7 +160,7 @@ def apply_memit_to_model(
     if copy:
         model = deepcopy(model)
     hp = _as_hparams(hparams, MEMITHyperParams)
-    sess = _session(model, tok, "memit", hp)
+    sess = _session(model, tok, hp.METHOD, hp)
     weights = sess.edited_weights()
     weights_copy = {k: w.detach().clone() for k, w in weights.items()} if return_orig_weights else {}
     if cache_template is None:

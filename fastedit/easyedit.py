@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from .engine import EditSession
-from .hparams import ALG_NAMES, HyperParams, MEMITHyperParams, ROMEHyperParams, RROMEHyperParams
+from .hparams import HyperParams, MEMITHyperParams, ROMEHyperParams, RROMEHyperParams
+from .methods.registry import easyedit_names, get_method
 from .methods.templates import start_word_templates
 from .requests import EditRequest
 
@@ -228,11 +229,13 @@ class BaseEditor:
     def __init__(self, hparams: HyperParams, model=None, tok=None, **session_options) -> None:
         if not isinstance(hparams, HyperParams):
             raise TypeError(f"hparams must be fastedit hyperparameters (from_hparams), got {type(hparams).__name__}")
-        alg = hparams.alg_name or hparams.METHOD.upper()
-        if str(alg).upper() not in ALG_NAMES:
-            raise ValueError(f"alg_name {alg!r}: fastedit.easyedit edits with {', '.join(ALG_NAMES)}")
+        names = easyedit_names()
+        alg = hparams.alg_name or get_method(hparams.METHOD).easyedit_name or hparams.METHOD
+        if str(alg).upper() not in names:
+            raise ValueError(f"alg_name {alg!r}: fastedit.easyedit edits with {', '.join(names)}")
         self.hparams, self.alg_name = hparams, str(alg).upper()
-        self.method = ALG_NAMES[self.alg_name]
+        self.method_class = get_method(names[self.alg_name])
+        self.method = self.method_class.name
         if model is None:
             model, tok = self._load(hparams)
         elif tok is None:
@@ -260,7 +263,7 @@ class BaseEditor:
         """The fastedit session behind the editor (templates sampled once, statistics kept)."""
         if self._session is None:
             opts = dict(self._session_options)
-            if "templates" not in opts and self.method != "memit":
+            if "templates" not in opts and self.method_class.templates == "flat":  # EasyEdit's ROME family
                 with torch.no_grad():
                     opts["templates"] = start_word_templates(
                         self.model, self.tok, self.hparams.context_template_length_params, seed=opts.get("seed", 0)
@@ -272,7 +275,7 @@ class BaseEditor:
         if "subject" not in request:
             raise ValueError(f"request {index}: {self.alg_name} needs the subject (edit(..., subject=[...]))")
         r = dict(request)
-        if self.method != "memit" and r["target_new"] != " ":
+        if self.method_class.templates == "flat" and r["target_new"] != " ":
             r["target_new"] = " " + r["target_new"]  # EasyEdit's ROME always adds the space
         return EditRequest.from_dict(r, index=index)
 
@@ -310,8 +313,9 @@ class BaseEditor:
         locality_inputs=None, portability_inputs=None, sequential_edit=False, verbose=True,
         subject=None, **kwargs,
     ):
-        """MEMIT in batches of ``hparams.batch_size`` requests; otherwise as :meth:`edit`."""
-        if self.method != "memit":
+        """Batches of ``hparams.batch_size`` requests (the methods that edit batches); otherwise as
+        :meth:`edit`."""
+        if not self.method_class.batched:
             raise ValueError(f"{self.alg_name} cannot edit in batches; use edit()")
         requests = prepare_requests(
             prompts, target_new, ground_truth, target_neg, rephrase_prompts, locality_inputs,

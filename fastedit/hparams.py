@@ -67,8 +67,6 @@ EASYEDIT_RUNTIME_KEYS: dict[str, tuple[Any, str]] = {
     "max_length": (40, "the least padding length of the evaluation's tokenisation"),
     "batch_size": (1, "requests per edit in BaseEditor.batch_edit"),
 }
-# EasyEdit's method names (its ``alg_name``) for fastedit's.
-ALG_NAMES = {"ROME": "rome", "R-ROME": "r-rome", "MEMIT": "memit"}
 
 
 class HyperParamsError(InputError):
@@ -253,11 +251,15 @@ class HyperParams:
         if runtime:
             data["easyedit_runtime"] = tuple(sorted(runtime.items()))
         alg = data.get("alg_name")
-        if alg is not None and cls.METHOD and ALG_NAMES.get(str(alg).upper()) != cls.METHOD:
-            raise HyperParamsError(
-                f"{cls.__name__}: alg_name {alg!r} is not {cls.METHOD!r} "
-                f"(EasyEdit names: {', '.join(f'{k} = {v}' for k, v in ALG_NAMES.items())})"
-            )
+        if alg is not None and cls.METHOD:
+            from .methods.registry import easyedit_names
+
+            names = easyedit_names()
+            if names.get(str(alg).upper()) != cls.METHOD:
+                raise HyperParamsError(
+                    f"{cls.__name__}: alg_name {alg!r} is not {cls.METHOD!r} "
+                    f"(EasyEdit names: {', '.join(f'{k} = {v}' for k, v in names.items())})"
+                )
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -368,6 +370,14 @@ class HyperParams:
     def replace(self, **changes) -> "HyperParams":
         return dataclasses.replace(self, **changes)
 
+    def resolve(self, adapter, model) -> "HyperParams":
+        """These hyperparameters with every module name left at None filled in from the model's
+        architecture adapter, so nothing downstream looks a name up again."""
+        names = {attr: getattr(self, attr) or getattr(adapter, attr) for attr in _TEMPLATES}
+        names["ln_f_module"] = self.ln_f_module or adapter.ln_f_module
+        names["lm_head_module"] = self.lm_head_module or adapter.lm_head_name(model)
+        return dataclasses.replace(self, **names)
+
 
 @dataclass(frozen=True)
 class ROMEHyperParams(HyperParams):
@@ -442,14 +452,14 @@ class MEMITHyperParams(HyperParams):
             raise HyperParamsError(f"MEMIT layers must be increasing and distinct, got {list(self.layers)}")
 
 
-_CLASSES = {"rome": ROMEHyperParams, "r-rome": RROMEHyperParams, "memit": MEMITHyperParams}
-
-
 def hparams_class(method: str) -> type[HyperParams]:
+    """The hyperparameter class of the registered method ``method``."""
+    from .methods.registry import UnknownMethodError, get_method
+
     try:
-        return _CLASSES[method.lower()]
-    except KeyError:
-        raise HyperParamsError(f"unknown method {method!r}; methods: {', '.join(_CLASSES)}") from None
+        return get_method(method).hparams_class
+    except UnknownMethodError as e:
+        raise HyperParamsError(str(e)) from None
 
 
 def load_hparams(method: str, spec: "str | Path | Mapping[str, Any] | HyperParams") -> HyperParams:

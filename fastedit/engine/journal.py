@@ -1,8 +1,9 @@
 """The journal: every applied edit as its requests and low-rank factors, kept off the device.
 
 What undo needs and no more: per edit its requests (for saving), its updates as factors
-``keys (d_ff, r)``, ``values (d_model, r)`` on the CPU, whether it is still active, and its phase
-times. Factors are stored in float32, or float64 for float64 weights: rounding them to float32
+``keys (d_ff, r)``, ``values (d_model, r)`` on the CPU, the keys it adds to its method's edit
+history (``{layer: (d_ff, n)}``, float32, for the methods that keep one), whether it is still active,
+and its phase times. Factors are stored in float32, or float64 for float64 weights: rounding them to float32
 changes ΔW by about 1e-7 of ΔW, far below the rounding of a float32/bf16/fp16 weight itself, and
 halves the memory of MEMIT's float64 factors (a 10,000-edit run of a 7B model keeps gigabytes).
 """
@@ -30,13 +31,14 @@ def factor_dtype(weight_dtype: torch.dtype) -> torch.dtype:
 
 @dataclass
 class JournalEntry:
-    """One applied edit: its requests and its updates as factors on the CPU."""
+    """One applied edit: its requests, its updates as factors and its edit-history keys, on the CPU."""
 
     edit_id: int
     requests: list[EditRequest]
     updates: list[LowRankUpdate]
     active: bool = True
     times: dict[str, float] = field(default_factory=dict)
+    history: dict[int, torch.Tensor] = field(default_factory=dict)  # layer → keys (d_ff, n) float32
 
 
 class Journal:
@@ -56,8 +58,9 @@ class Journal:
         return self.entries[i]
 
     def record(self, requests: list[EditRequest], updates: list[LowRankUpdate], weight_dtypes: dict,
-               times: dict[str, float]) -> JournalEntry:
-        """Append an edit, its factors copied to the CPU in :func:`factor_dtype` of each weight."""
+               times: dict[str, float], history: dict[int, torch.Tensor] | None = None) -> JournalEntry:
+        """Append an edit, its factors copied to the CPU in :func:`factor_dtype` of each weight and its
+        history keys in float32 (the precision of the activations they were read from)."""
         stored = []
         for u in updates:
             dtype = factor_dtype(weight_dtypes[u.weight_name])
@@ -65,7 +68,8 @@ class Journal:
                 u.weight_name, u.layer, u.keys_side.detach().to("cpu", dtype).contiguous(),
                 u.values_side.detach().to("cpu", dtype).contiguous(),
             ))
-        entry = JournalEntry(self.next_id, list(requests), stored, True, dict(times))
+        kept = {int(l): k.detach().to("cpu", torch.float32).contiguous() for l, k in (history or {}).items()}
+        entry = JournalEntry(self.next_id, list(requests), stored, True, dict(times), kept)
         self.entries.append(entry)
         self.next_id += 1
         return entry

@@ -1,10 +1,12 @@
 """EditSession: the state that lives across thousands of edits of one model.
 
-A session owns the model's method state: the hyperparameters, the context templates (sampled once,
-at the first edit, from the model as it is then, or supplied), the second-moment statistics and what
-is derived from them (ROME's C⁻¹, MEMIT's Cholesky factor of λC per layer, on the layer's device),
-compensation buffers for low-precision weights, and the journal of applied edits
-(:mod:`fastedit.engine.journal`). Each :meth:`EditSession.apply` edits the model in place, as a
+A session owns the model's method state: the method (a registered
+:class:`~fastedit.methods.registry.EditMethod` bound to the session, which keeps what it derives from
+the statistics: ROME's C⁻¹, MEMIT's Cholesky factor of λC per layer, ...), the hyperparameters
+resolved against the model, the context templates (sampled once, at the first edit, from the model as
+it is then, or supplied), the second-moment statistics, compensation buffers for low-precision
+weights, the journal of applied edits (:mod:`fastedit.engine.journal`) and the edit history some
+methods solve with (:mod:`fastedit.engine.history`). Each :meth:`EditSession.apply` edits the model in place, as a
 transaction, and returns an :class:`EditResult`; the session keeps no result.
 """
 
@@ -23,9 +25,7 @@ from .. import ops
 from ..errors import InputError
 from ..hparams import HyperParams, HyperParamsError, load_hparams
 from ..methods.base import LowRankUpdate, MethodOutput, apply_update
-from ..methods.memit import WoodburySolver, memit_updates
-from ..methods.rome import checked_inverse, rome_updates
-from ..methods.templates import memit_templates, rome_templates
+from ..methods.registry import get_method
 from ..models.adapters import get_adapter, get_module
 from ..models.precision import LowPrecisionWeights, cpu_has_native_bf16
 from ..profiling import PhaseTimer, region
@@ -34,6 +34,7 @@ from ..stats.cache import model_fingerprint
 from ..stats.store import SecondMomentStore
 from . import pack, store
 from .backup import WeightBackup, restoring
+from .history import EditHistory
 from .journal import Journal
 
 log = logging.getLogger(__name__)
@@ -115,14 +116,16 @@ class EditResult:
 class EditSession:
     """Edits one model again and again.
 
-    ``method``: ``"rome"``, ``"r-rome"`` or ``"memit"``. ``hparams``: a preset name
+    ``method``: a registered method's name (:func:`fastedit.methods.method_names`: ``"rome"``,
+    ``"r-rome"``, ``"memit"``, ...). ``hparams``: a preset name
     (``"smollm2-135m"``), a reference hparams JSON path, a dict or a hyperparameter object.
     ``mode``: ``"exact"`` or ``"fast"``; ``options``: :class:`FastOptions` overrides by name.
     ``templates``: context templates to use instead of sampling them (ROME: a flat list starting with
     ``"{}"``; MEMIT: a list of groups, ``[["{}"], [...]]``). ``stats_dir`` / ``stats_source``: where
     statistics caches live and what text to compute missing ones from (``stats_max_len`` truncates its
-    documents). ``solver``: MEMIT's solve, ``"cholesky"`` (Woodbury through a cached factor of λC,
-    the default) or ``"lu"`` (the reference's dense solve per edit).
+    documents). ``solver``: ``"cholesky"`` (the default: solves through factors kept across edits, e.g.
+    MEMIT's Woodbury solve with a cached factor of λC) or ``"lu"`` (the reference's dense solve per
+    edit).
     """
 
     def __init__(
@@ -145,10 +148,11 @@ class EditSession:
     ) -> None:
         self.model, self.tok = model, tok
         self.adapter = get_adapter(model)
-        self.method = method.lower()
+        self.method_class = get_method(method)
+        self.method = self.method_class.name
         if hparams is None:
             hparams = _default_preset(model)
-        self.hp = load_hparams(self.method, hparams)
+        self.hp = load_hparams(self.method, hparams).resolve(self.adapter, model)
         self._validate_hparams()
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
@@ -158,17 +162,17 @@ class EditSession:
             raise InputError(f"solver must be 'cholesky' or 'lu', got {solver!r}")
         self.solver_kind = solver
         self.seed = seed
-        self._templates = _check_templates(self.method, templates) if templates is not None else None
+        self._templates = self.method_class.check_templates(templates) if templates is not None else None
         self.stats = SecondMomentStore(
             model, tok, self.adapter, self.hp, stats_dir=stats_dir, source=stats_source,
             model_name=model_name, max_len=stats_max_len, progress=progress,
         )
-        self._inverse: dict[int, torch.Tensor] = {}
-        self._woodbury: WoodburySolver | None = None
         self._base: dict[str, torch.Tensor] = {}  # original edited weights, on the CPU
         self._comp: dict[str, torch.Tensor] = {}  # compensation buffers of low-precision weights
         self._low_precision: LowPrecisionWeights | None = None  # bf16 weight copies (fast mode, CPU)
         self.journal = Journal()
+        self.edit_history = EditHistory(self.journal)
+        self.editor = self.method_class(self)  # the method's state in this session
         self._session_id = uuid.uuid4().hex  # names this session in its saved folders
         self._disk: store.DiskState | None = None  # the folder of the last save or load
 
@@ -178,37 +182,15 @@ class EditSession:
         """The context templates, sampled at first use (seeded) unless supplied."""
         if self._templates is None:
             with region("templates"), torch.no_grad():
-                if self.method in ("rome", "r-rome"):
-                    self._templates = rome_templates(
-                        self.model, self.tok, self.hp.context_template_length_params, seed=self.seed
-                    )
-                else:
-                    self._templates = memit_templates(self.model, self.tok, seed=self.seed)
+                self._templates = self.method_class.sample_templates(self.model, self.tok, self.hp, self.seed)
             log.info("context templates: %s", self._templates)
         return self._templates
-
-    def inverse_second_moment(self, layer: int) -> torch.Tensor:
-        """C⁻¹ for ROME, computed once per layer (float32 ``torch.inverse`` as the reference, or float64
-        when ``solve_dtype`` asks), refused when C is singular to its precision (:func:`checked_inverse`)."""
-        if layer not in self._inverse:
-            c = self.stats.second_moment(layer)
-            dtype = getattr(torch, self.hp.solve_dtype) if self.hp.solve_dtype else torch.float32
-            self._inverse[layer] = checked_inverse(c, dtype, layer)
-        return self._inverse[layer]
-
-    def _memit_solver(self):
-        if self.solver_kind == "lu":
-            return None  # memit_updates' default: the reference's LU solve
-        if self._woodbury is None:
-            dtype = getattr(torch, self.hp.solve_dtype) if self.hp.solve_dtype else torch.float64
-            self._woodbury = WoodburySolver(self.stats.second_moment, self.hp.mom2_update_weight, dtype)
-        return self._woodbury
 
     # ------------------------------------------------------------------ weights
     @property
     def rewrite_module_tmp(self) -> str:
         """The edited module's name template, ``{}`` for the layer."""
-        return self.hp.rewrite_module_tmp or self.adapter.rewrite_module_tmp
+        return self.hp.rewrite_module_tmp
 
     def edited_weights(self) -> dict[str, torch.nn.Parameter]:
         """Weight name → parameter of every weight the method edits, in the order of ``hp.layers``."""
@@ -232,7 +214,7 @@ class EditSession:
             ):
                 self._comp[name] = ops.new_compensation(w)
 
-    def _apply_update(self, model, adapter, upd: LowRankUpdate) -> None:
+    def apply_update(self, model, adapter, upd: LowRankUpdate) -> None:
         """Write one update: the reference's dense cast-and-add, or the fused compensated update for
         bf16/fp16 weights in fast mode."""
         comp = self._comp.get(upd.weight_name)
@@ -251,8 +233,8 @@ class EditSession:
 
     # ------------------------------------------------------------------ editing
     def apply(self, requests: Iterable[EditRequest | Mapping] | EditRequest | Mapping) -> EditResult:
-        """Edit the model with ``requests``: ROME-family methods one request after another (one journal
-        entry for the call), MEMIT as one batch. Raises :class:`EditFailedError`, with the model
+        """Edit the model with ``requests``: as one batch for the methods that edit batches (MEMIT and
+        its successors), one request after another otherwise (ROME; one journal entry for the call). Raises :class:`EditFailedError`, with the model
         unchanged, when the edit cannot be made (Ctrl-C also restores it, and is re-raised)."""
         reqs = as_requests(requests)
         for r in reqs:
@@ -263,18 +245,20 @@ class EditSession:
         try:
             with restoring(self._edit_state()) as backup:
                 with PhaseTimer() as timer:
-                    out = self._run_method(reqs)
+                    out = self.editor.compute(reqs)
                 for name, w in weights.items():
                     if not torch.isfinite(w).all():
                         raise EditFailedError(f"the edit made {name} non-finite")
                 norms = {k: float((w.detach().double() - backup.original(k).double()).norm()) for k, w in weights.items()}
                 times = {**timer.as_dict(), "total": time.perf_counter() - t0}
                 # last, so that an edit that fails anywhere leaves no journal entry
-                entry = self.journal.record(reqs, out.updates, {k: w.dtype for k, w in weights.items()}, times)
+                entry = self.journal.record(reqs, out.updates, {k: w.dtype for k, w in weights.items()}, times,
+                                            out.history)
         except (EditFailedError, KeyboardInterrupt):
             raise
         except BaseException as e:
             raise EditFailedError(f"edit of {[r.name for r in reqs]} failed, model restored: {e}") from e
+        self._history_added(entry)
         return EditResult(
             edit_id=entry.edit_id,
             ids=[r.case_id for r in reqs],
@@ -286,27 +270,36 @@ class EditSession:
             info={k: v for k, v in out.info.items() if k not in ("target", "z")},
         )
 
-    def _run_method(self, reqs: list[EditRequest]) -> MethodOutput:
-        if self.method in ("rome", "r-rome"):
-            outs = [self._rome(r) for r in reqs]
-            return MethodOutput([u for o in outs for u in o.updates], {"target": [t for o in outs for t in o.info["target"]]})
-        return self._memit(reqs)
+    def _history_added(self, entry) -> None:
+        """Tell the history and the method about the keys ``entry`` adds; a method that fails to update
+        what it derived from them drops it instead (it is rebuilt at the next edit)."""
+        self.edit_history.added(entry)
+        for layer, keys in entry.history.items():
+            try:
+                self.editor.history_added(layer, keys)
+            except Exception as e:  # noqa: BLE001  (the edit stands; the derived state is rebuilt)
+                log.warning("layer %d: updating the edit-history solve failed (%s); it is refactorised", layer, e)
+                self.editor.history_changed(layer)
+
+    def _history_changed(self, layers=None) -> None:
+        for layer in self.edit_history.changed(layers):
+            self.editor.history_changed(layer)
 
     def compute(self, requests, precomputed_z: dict[int, torch.Tensor] | None = None) -> MethodOutput:
         """The updates ``apply`` would make, leaving the model as it was (the reference's
-        ``execute_*`` contract). MEMIT: ``precomputed_z`` maps request index → z computed earlier."""
+        ``execute_*`` contract). MEMIT family: ``precomputed_z`` maps request index → z computed earlier."""
         reqs = as_requests(requests)
+        if not self.method_class.batched and len(reqs) != 1:
+            raise InputError(f"{self.method} computes one request at a time")
         backup = WeightBackup(self._edit_state())
         try:
-            if self.method in ("rome", "r-rome"):
-                if len(reqs) != 1:
-                    raise InputError("ROME computes one request at a time")
-                return self._rome(reqs[0])
-            return self._memit(reqs, precomputed_z)
+            return self.editor.compute(reqs, precomputed_z)
         finally:
             backup.restore()
 
-    def _target_options(self) -> dict:
+    def target_options(self) -> dict:
+        """The fast-mode options of the target-value optimisation
+        (:func:`~fastedit.methods.target.compute_target_values`) for this session's device."""
         opts = {}
         if self.options.early_stop:
             opts["early_stop_patience"] = self.options.early_stop_patience
@@ -322,24 +315,6 @@ class EditSession:
         if self.options.cuda_graph and device.type == "cuda":
             opts["cuda_graph"] = True
         return opts
-
-    def _rome(self, request: EditRequest) -> MethodOutput:
-        templates = self.templates
-        if self.hp.mom2_adjustment:
-            self.stats.ensure(self.hp.layers)
-        return rome_updates(
-            self.model, self.tok, self.adapter, request, self.hp, templates, self.inverse_second_moment,
-            target_options=self._target_options(), apply=self._apply_update,
-        )
-
-    def _memit(self, requests: list[EditRequest], precomputed_z=None) -> MethodOutput:
-        groups = self.templates
-        self.stats.ensure(self.hp.layers)
-        return memit_updates(
-            self.model, self.tok, self.adapter, requests, self.hp, groups, self.stats.second_moment,
-            precomputed_z=precomputed_z, solver=self._memit_solver(), target_options=self._target_options(),
-            apply=self._apply_update,
-        )
 
     # ------------------------------------------------------------------ journal
     def undo(self, edit_id: int) -> None:
@@ -361,6 +336,7 @@ class EditSession:
             except BaseException:
                 entry.active = True
                 raise
+        self._history_changed(entry.history)
 
     def _active_sum(self, name: str, w: torch.Tensor) -> torch.Tensor:
         """Original weight + Σ of the active edits' ΔW for ``name``, in float64 on w's device."""
@@ -395,6 +371,8 @@ class EditSession:
         sess = cls(model, tok, **saved.session_arguments(), **session_options)
         store.check_saved(saved, sess)
         store.restore(saved, sess)
+        sess.edit_history = EditHistory(sess.journal)
+        sess._history_changed()
         return sess
 
     def export_pack(self, path: str | Path) -> Path:
@@ -410,15 +388,13 @@ class EditSession:
         if bad:
             raise HyperParamsError(f"layers {bad} out of range: the model has {n} layers (0..{n - 1})")
         for attr in ("rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp"):
-            tmp = getattr(self.hp, attr) or getattr(self.adapter, attr)
+            tmp = getattr(self.hp, attr)
             try:
                 get_module(self.model, tmp.format(self.hp.layers[0]))
             except LookupError as e:
                 raise HyperParamsError(f"{attr} {tmp!r} does not name a module of this model: {e}") from None
         for attr in ("ln_f_module", "lm_head_module"):
-            name = getattr(self.hp, attr) or (
-                self.adapter.lm_head_name(self.model) if attr == "lm_head_module" else self.adapter.ln_f_module
-            )
+            name = getattr(self.hp, attr)
             try:
                 get_module(self.model, name)
             except LookupError as e:
@@ -443,17 +419,3 @@ def _default_preset(model) -> str:
     raise HyperParamsError(
         f"no hparams given and no preset matches model {name!r}; pass hparams= (a preset name or a JSON file)"
     )
-
-
-def _check_templates(method: str, templates):
-    if method in ("rome", "r-rome"):
-        out = list(templates)
-        if not out or not all(isinstance(t, str) and t.count("{}") == 1 for t in out):
-            raise InputError("ROME templates must be a list of strings, each with exactly one '{}'")
-    else:
-        out = [list(g) for g in templates]
-        if not out or not all(g and all(isinstance(t, str) and t.count("{}") == 1 for t in g) for g in out):
-            raise InputError("MEMIT templates must be a list of groups of strings, each with exactly one '{}'")
-        if "{}" not in [t for g in out for t in g]:
-            raise InputError("MEMIT templates must include the bare template '{}'")
-    return out

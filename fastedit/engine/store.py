@@ -138,9 +138,11 @@ def _write_files(sess, path: Path, disk: DiskState | None, token: str, written: 
             for j, u in enumerate(e.updates):
                 tensors[f"{e.edit_id}/{j}/keys"] = u.keys_side.contiguous()
                 tensors[f"{e.edit_id}/{j}/values"] = u.values_side.contiguous()
+            for layer, k in e.history.items():
+                tensors[f"{e.edit_id}/history/{layer}"] = k.contiguous()
             records.append({"edit_id": e.edit_id, "requests": [request_record(r) for r in e.requests],
                             "updates": [{"weight": u.weight_name, "layer": u.layer} for u in e.updates],
-                            "times": e.times})
+                            "history": sorted(e.history), "times": e.times})
         write_safetensors(path / name, tensors, {"entries": json.dumps(records)})
         written.append(path / name)
         segments.append({"file": name, "first": new[0].edit_id, "last": new[-1].edit_id, "count": len(new)})
@@ -277,11 +279,18 @@ def _entries(records: list, tensors: dict, file: Path) -> list[JournalEntry]:
                 raise InputError(f"{file}: the factors of update {j} of edit #{eid} are missing")
             used.update(keys)
             updates.append(LowRankUpdate(str(u["weight"]), int(u["layer"]), tensors[keys[0]], tensors[keys[1]]))
+        history = {}
+        for layer in rec.get("history", []):
+            name = f"{eid}/history/{int(layer)}"
+            if name not in tensors:
+                raise InputError(f"{file}: the edit-history keys of edit #{eid} at layer {layer} are missing")
+            used.add(name)
+            history[int(layer)] = tensors[name]
         try:
             reqs = [EditRequest.from_dict(r) for r in rec["requests"]]
         except ValueError as e:
             raise InputError(f"{file}: edit #{eid}: {e}") from None
-        entries.append(JournalEntry(eid, reqs, updates, True, dict(rec.get("times", {}))))
+        entries.append(JournalEntry(eid, reqs, updates, True, dict(rec.get("times", {})), history))
     other = sorted(set(tensors) - used)
     if other:
         raise InputError(f"{file}: tensors no journal entry names: {', '.join(other[:5])}")
@@ -324,6 +333,14 @@ def _check_entries(saved: SavedSession, sess, weights: dict) -> None:
                                  f"which this session does not edit")
             check_factors(u.keys_side, u.values_side, weights[u.weight_name], sess.adapter,
                           f"{saved.path}: edit #{e.edit_id} {u.weight_name}")
+        for layer, k in e.history.items():
+            w = weights.get(f"{tmp.format(layer)}.weight")
+            if w is None:
+                raise InputError(f"{saved.path}: edit #{e.edit_id} keeps edit-history keys at layer {layer}, "
+                                 "which this session does not edit")
+            rows = sess.adapter.key_size(sess.model, layer)
+            check_tensor(k, f"{saved.path}: edit #{e.edit_id} history keys at layer {layer}",
+                         (rows, k.shape[1] if k.dim() == 2 else -1), (torch.float32,))
     next_id = saved.manifest["next_id"]
     if not isinstance(next_id, int) or next_id <= last:
         raise InputError(f"{saved.path}: next edit id {next_id!r} is not above the journal's last, #{last}")

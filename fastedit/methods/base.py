@@ -37,10 +37,13 @@ class LowRankUpdate:
 
 @dataclass
 class MethodOutput:
-    """A method's result for one call: the updates plus diagnostics (loss curves, norms, ...)."""
+    """A method's result for one call: the updates, the keys it adds to its edit history
+    (``{layer: (d_ff, n)}``, for the methods whose later solves use earlier edits' keys; recorded by
+    the session with the edit) and diagnostics (loss curves, norms, ...)."""
 
     updates: list[LowRankUpdate]
     info: dict[str, Any] = field(default_factory=dict)
+    history: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def apply_update(model, adapter: ModelAdapter, upd: LowRankUpdate, sign: float = 1.0) -> None:

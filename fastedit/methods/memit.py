@@ -27,17 +27,19 @@ import torch
 
 from .. import ops
 from ..errors import NumericalError
+from ..hparams import MEMITHyperParams
 from ..models.adapters import ModelAdapter
 from ..models.tracing import record
 from ..profiling import region
 from ..requests import EditRequest, check_requests_fit
 from .base import LowRankUpdate, MethodOutput, apply_update, resolve_dtype
 from .keys import lookup_index, tokenize_batch
+from .registry import EditMethod, register
 from .target import compute_target_values
 
 log = logging.getLogger(__name__)
 
-__all__ = ["memit_updates", "MemitKeyReader", "lu_solver", "WoodburySolver", "check_solve"]
+__all__ = ["memit_updates", "MemitKeyReader", "lu_solver", "WoodburySolver", "check_solve", "MemitFamily", "MEMIT"]
 
 Solver = Callable[[int, torch.Tensor], torch.Tensor]
 
@@ -102,8 +104,8 @@ class MemitKeyReader:
         self.batch = tokenize_batch(tok, texts, device)
         self.pos = torch.tensor(pos, device=device)
         self.rows = torch.arange(len(texts), device=device)
-        self.block = hp.layer_module_tmp or adapter.layer_module_tmp
-        self.rewrite = hp.rewrite_module_tmp or adapter.rewrite_module_tmp
+        self.block = hp.layer_module_tmp
+        self.rewrite = hp.rewrite_module_tmp
         self.z_block = self.block.format(hp.layers[-1])
         self._stream: torch.Tensor | None = None  # residual stream entering block hp.layers[i-1]
 
@@ -190,26 +192,28 @@ def memit_updates(
     requests: list[EditRequest],
     hp,
     groups: list[list[str]],
-    second_moment,
+    solve: Solver,
     precomputed_z: dict[int, torch.Tensor] | None = None,
-    solver: Solver | None = None,
     target_options: dict | None = None,
     apply=apply_update,
+    reference_dtype: torch.dtype = torch.float64,
 ) -> MethodOutput:
-    """MEMIT's updates for a batch, applied to ``model`` layer by layer as they are computed.
+    """The MEMIT family's updates for a batch, applied to ``model`` layer by layer as they are computed:
+    ΔW_l = adj_l R_lᵀ with adj_l = ``solve(layer, K_l)`` (d_ff, n), the method's own solve (MEMIT's:
+    (λC + KKᵀ)⁻¹K), and R_l the target residual spread over the layers left.
 
-    ``second_moment(layer)`` returns C (d_ff, d_ff) float32. ``precomputed_z`` maps a request's index
-    in ``requests`` to a z (d_model,) computed earlier (the reference's ``cache_template``).
-    ``solver(layer, K)`` returns (λC + KKᵀ)⁻¹K (default: the reference's LU solve).
-    ``target_options`` go to :func:`compute_target_values`; ``apply(model, adapter, update)`` writes
-    an update into the weights.
+    ``hp`` is resolved (:meth:`~fastedit.hparams.HyperParams.resolve`). ``precomputed_z`` maps a
+    request's index in ``requests`` to a z (d_model,) computed earlier (the reference's
+    ``cache_template``). ``target_options`` go to :func:`compute_target_values`; ``apply(model,
+    adapter, update)`` writes an update into the weights. K and R are cast to ``reference_dtype``
+    (the method's solve precision) unless ``hp.solve_dtype`` names another.
     """
+    hp = hp.resolve(adapter, model)  # a no-op for a session's hyperparameters
     flat = [t for g in groups for t in g]
     check_requests_fit(requests, tok, adapter.max_positions(model), flat)
     precomputed_z = precomputed_z or {}
     todo = [i for i in range(len(requests)) if i not in precomputed_z]
-    dtype = resolve_dtype(hp, torch.float64)
-    solver = solver or lu_solver(second_moment, hp.mom2_update_weight, dtype)
+    dtype = resolve_dtype(hp, reference_dtype)
     z_list: list[torch.Tensor | None] = [precomputed_z.get(i) for i in range(len(requests))]
     target = None
     if todo:
@@ -230,14 +234,68 @@ def memit_updates(
             k = k.to(dtype)
             resid_all = zs.to(z_cur.device) - z_cur.to(dtype)
             z_errors.append(float(resid_all.norm(dim=0).mean()))
-            adj_k = solver(layer, k)  # (d_ff, n)
-            check_solve(second_moment, hp.mom2_update_weight, layer, k, adj_k)
+            adj_k = solve(layer, k)  # (d_ff, n)
             # with a device_map, layer l and block L may sit on different devices
             resid = (resid_all / (len(hp.layers) - i)).to(adj_k.device)  # (d_model, n)
-        name = f"{(hp.rewrite_module_tmp or adapter.rewrite_module_tmp).format(layer)}.weight"
-        upd = LowRankUpdate(name, layer, adj_k, resid)
+        upd = LowRankUpdate(f"{hp.rewrite_module_tmp.format(layer)}.weight", layer, adj_k, resid)
         with region("apply"):
             apply(model, adapter, upd)
         updates.append(upd)
     info = {"target": [target] if target is not None else [], "z_error": z_errors, "z": zs}
     return MethodOutput(updates, info)
+
+
+class MemitFamily(EditMethod):
+    """Methods that edit a batch over several layers with MEMIT's keys and target values and differ in
+    the solve: a subclass defines :meth:`solve` (and may add an edit history)."""
+
+    templates = "groups"
+    batched = True
+    reference_dtype = torch.float64  # the precision of the method's own solve
+
+    def solve(self, layer: int, k: torch.Tensor) -> torch.Tensor:
+        """adj (d_ff, n) such that ΔW = adj Rᵀ, for the keys K (d_ff, n) of ``layer``."""
+        raise NotImplementedError
+
+    def target_options(self) -> dict:
+        """Options of the target-value optimisation (the session's fast-mode ones by default)."""
+        return self.session.target_options()
+
+    def compute(self, requests, precomputed_z=None) -> MethodOutput:
+        s = self.session
+        s.stats.ensure(s.hp.layers)
+        return memit_updates(
+            s.model, s.tok, s.adapter, requests, s.hp, s.templates, self.solve, precomputed_z=precomputed_z,
+            target_options=self.target_options(), apply=s.apply_update, reference_dtype=self.reference_dtype,
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The solve's dtype: ``hp.solve_dtype`` or the method's reference precision."""
+        return resolve_dtype(self.session.hp, self.reference_dtype)
+
+
+@register
+class MEMIT(MemitFamily):
+    """MEMIT (Meng et al. 2023), kmeng01/memit: adj = (λC + KKᵀ)⁻¹K, λ = ``mom2_update_weight``.
+
+    The session's ``solver="cholesky"`` (default) solves through a Cholesky factor of λC kept per
+    layer (:class:`WoodburySolver`); ``solver="lu"`` refactorises λC + KKᵀ every edit, as the
+    reference does."""
+
+    name = "memit"
+    hparams_class = MEMITHyperParams
+    easyedit_name = "MEMIT"
+
+    def __init__(self, session) -> None:
+        super().__init__(session)
+        s = session
+        if s.solver_kind == "lu":
+            self._solver = lu_solver(s.stats.second_moment, s.hp.mom2_update_weight, self.dtype)
+        else:
+            self._solver = WoodburySolver(s.stats.second_moment, s.hp.mom2_update_weight, self.dtype)
+
+    def solve(self, layer: int, k: torch.Tensor) -> torch.Tensor:
+        adj = self._solver(layer, k)
+        check_solve(self.session.stats.second_moment, self.session.hp.mom2_update_weight, layer, k, adj)
+        return adj

@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError, NumericalError
+from ..hparams import ROMEHyperParams, RROMEHyperParams
 from ..models.adapters import ModelAdapter
 from ..profiling import region
-from ..errors import NumericalError
 from ..requests import EditRequest, check_requests_fit
 from .base import LowRankUpdate, MethodOutput, apply_update, resolve_dtype
 from .keys import lookup_index, read_at_positions
+from .registry import EditMethod, register
 from .target import compute_target_values
 
-__all__ = ["rome_updates", "checked_inverse"]
+__all__ = ["rome_updates", "checked_inverse", "ROME", "RROME"]
 
 
 def rome_updates(
@@ -49,11 +51,12 @@ def rome_updates(
     """Updates of one request at every layer of ``hp.layers``, each applied to ``model`` before the
     next layer is computed. ``inverse_second_moment(layer)`` returns C⁻¹ (d_ff, d_ff).
     ``target_options`` go to :func:`compute_target_values`; ``apply(model, adapter, update)`` writes
-    an update into the weights."""
+    an update into the weights. ``hp`` is resolved (:meth:`~fastedit.hparams.HyperParams.resolve`)."""
+    hp = hp.resolve(adapter, model)  # a no-op for a session's hyperparameters
     check_requests_fit([request], tok, adapter.max_positions(model), templates)
     updates, info = [], {"target": [], "denominator": []}
     for layer in sorted(hp.layers):
-        rewrite = (hp.rewrite_module_tmp or adapter.rewrite_module_tmp).format(layer)
+        rewrite = hp.rewrite_module_tmp.format(layer)
         with region("keys"):
             texts = [t.format(request.prompt) for t in templates]
             pos = [lookup_index(tok, t, request.subject, hp.fact_token, hp.subject_index_rule) for t in texts]
@@ -132,3 +135,54 @@ def checked_inverse(c: torch.Tensor, dtype: torch.dtype, layer: int) -> torch.Te
             f"least {cond:.3g}, inverse residual {err:.2e}): recompute them from more text"
         )
     return inv
+
+
+class _RomeFamily(EditMethod):
+    """ROME's rank-one edit, one request after another, with C⁻¹ per layer computed once."""
+
+    templates = "flat"
+    batched = False
+
+    def __init__(self, session) -> None:
+        super().__init__(session)
+        self._inverse: dict[int, torch.Tensor] = {}
+
+    def inverse_second_moment(self, layer: int) -> torch.Tensor:
+        """C⁻¹ (d_ff, d_ff): float32 ``torch.inverse`` as the reference, or float64 when ``solve_dtype``
+        asks; refused when C is singular to its precision (:func:`checked_inverse`)."""
+        if layer not in self._inverse:
+            hp = self.session.hp
+            dtype = getattr(torch, hp.solve_dtype) if hp.solve_dtype else torch.float32
+            self._inverse[layer] = checked_inverse(self.session.stats.second_moment(layer), dtype, layer)
+        return self._inverse[layer]
+
+    def compute(self, requests, precomputed_z=None) -> MethodOutput:
+        if precomputed_z:
+            raise InputError(f"{self.name} takes no precomputed target values")
+        s = self.session
+        if s.hp.mom2_adjustment:
+            s.stats.ensure(s.hp.layers)
+        outs = [
+            rome_updates(s.model, s.tok, s.adapter, r, s.hp, s.templates, self.inverse_second_moment,
+                         target_options=s.target_options(), apply=s.apply_update)
+            for r in requests
+        ]
+        return MethodOutput([u for o in outs for u in o.updates], {"target": [t for o in outs for t in o.info["target"]]})
+
+
+@register
+class ROME(_RomeFamily):
+    """ROME (Meng et al. 2022), kmeng01/rome."""
+
+    name = "rome"
+    hparams_class = ROMEHyperParams
+    easyedit_name = "ROME"
+
+
+@register
+class RROME(_RomeFamily):
+    """r-ROME (Gupta et al. 2024): ROME with the template-averaged keys in both places."""
+
+    name = "r-rome"
+    hparams_class = RROMEHyperParams
+    easyedit_name = "R-ROME"

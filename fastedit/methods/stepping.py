@@ -81,7 +81,7 @@ class UpperStack:
         if hp.lm_head_module:
             head = get_module(model, hp.lm_head_module)
             self.lm_w, self.lm_b = head.weight, getattr(head, "bias", None)
-        self.ln_f = get_module(model, hp.ln_f_module or adapter.ln_f_module)
+        self.ln_f = get_module(model, hp.ln_f_module)
         self.model_head = model.get_output_embeddings()
         self.out_dev = self.lm_w.device
         self.layers = model_stack(model, adapter, layer + 1)  # fastedit's own forward, or transformers' modules
@@ -179,8 +179,8 @@ def upper_stack(
     (stack, v_init (n, d) in the model's dtype: the δ site's output at each bare prompt's lookup
     token). With ``low_precision_weights`` the upper layers, final norm and heads run on their
     low-precision copies for as long as the context is open."""
-    mlp_name = (hp.mlp_module_tmp or adapter.mlp_module_tmp).format(layer)
-    block_name = (hp.layer_module_tmp or adapter.layer_module_tmp).format(layer)
+    mlp_name = hp.mlp_module_tmp.format(layer)
+    block_name = hp.layer_module_tmp.format(layer)
     batch = prompts.batch
     with region("target/prefix"), torch.no_grad():
         outs = [block_name] + ([mlp_name] if delta_site == "mlp" else [])
@@ -193,7 +193,7 @@ def upper_stack(
     run_dtype, swap = hidden.dtype, contextlib.nullcontext()
     if low_precision_weights is not None and autocast_dtype is None:
         upper = list(get_module(model, adapter.layers))[layer + 1 :]
-        modules = upper + [get_module(model, hp.ln_f_module or adapter.ln_f_module), model.get_output_embeddings()]
+        modules = upper + [get_module(model, hp.ln_f_module), model.get_output_embeddings()]
         if hp.lm_head_module:
             modules.append(get_module(model, hp.lm_head_module))
         if adapter.position_embedding:  # GPT-2 adds zero positions in its dtype (upper_layers_only)

@@ -229,6 +229,7 @@ def compute_target_values(
     after ``GRAPH_WARMUP`` eager steps and replayed, the stop flag read every ``GRAPH_CHECK_EVERY``
     steps; on a CPU the same step runs uncaptured. It changes only rounding.
     """
+    hp = hp.resolve(adapter, model)  # a no-op for a session's hyperparameters
     n_layers = adapter.num_layers(model)
     if max(hp.v_loss_layer, layer) >= n_layers:
         raise ValueError(f"v_loss_layer {hp.v_loss_layer} is beyond the model's {n_layers} layers")

@@ -49,8 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="spread a model too large for one GPU over several (e.g. auto); not with torchrun")
     g.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads for torch")
 
+    from ..methods.registry import method_names
+
     g = p.add_argument_group("what to compute")
-    g.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
+    g.add_argument("--method", default="memit", choices=method_names())
     g.add_argument("--hparams", default=None,
                    help="preset or hparams JSON giving layers, dataset, sample count and dtype (default: the model's preset)")
     g.add_argument("--layers", type=layer_list, default=None, help="comma-separated layers (overrides the hparams)")

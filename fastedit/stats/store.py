@@ -93,7 +93,7 @@ class SecondMomentStore:
         window_docs: int | None = None,
         dist: DistContext | None = None,
     ) -> None:
-        self.model, self.tok, self.adapter, self.hp = model, tok, adapter, hp
+        self.model, self.tok, self.adapter, self.hp = model, tok, adapter, hp.resolve(adapter, model)
         if stats_dir is None and "FASTEDIT_STATS_DIR" not in os.environ:
             # an EasyEdit hparams file names its statistics folder
             stats_dir = getattr(hp, "stats_dir", None)
@@ -116,7 +116,7 @@ class SecondMomentStore:
 
     # ------------------------------------------------------------------ public
     def layer_name(self, layer: int) -> str:
-        return (self.hp.rewrite_module_tmp or self.adapter.rewrite_module_tmp).format(layer)
+        return self.hp.rewrite_module_tmp.format(layer)
 
     def paths(self, layer: int) -> list[Path]:
         hp = self.hp

@@ -24,7 +24,7 @@ def write_synthetic_second_moments(
     marking it synthetic. Returns layer → path."""
     adapter = get_adapter(model)
     gen = torch.Generator().manual_seed(seed)
-    tmp = hp.rewrite_module_tmp or adapter.rewrite_module_tmp
+    tmp = hp.resolve(adapter, model).rewrite_module_tmp
     paths = {}
     for layer in hp.layers:
         d = adapter.key_size(model, layer)

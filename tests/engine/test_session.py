@@ -41,12 +41,12 @@ def test_lu_and_cholesky_solvers_agree(gpt2_tok, tmp_path, corpus):
 
 
 PHASES = {
-    "templates": ("fastedit.engine.session.memit_templates", None),
+    "templates": ("fastedit.methods.templates.memit_templates", None),
     "statistics": ("fastedit.stats.store.SecondMomentStore.ensure", None),
     "target": ("fastedit.methods.memit.compute_target_values", None),
     "keys": ("fastedit.methods.memit.MemitKeyReader.read", 2),
     "solve": ("fastedit.methods.memit.WoodburySolver.__call__", 2),
-    "apply": ("fastedit.engine.session.EditSession._apply_update", 2),
+    "apply": ("fastedit.engine.session.EditSession.apply_update", 2),
 }
 
 
