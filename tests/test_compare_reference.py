@@ -109,3 +109,28 @@ def test_results_file_names(bench):
     cr, _, _ = bench
     assert cr.model_short_name("smollm2-135m") == "smollm2"
     assert cr.model_short_name("random:gpt2,n_layer=4") == "gpt2"
+
+
+def test_per_edit_errors_and_history_difference(bench):
+    _, _, rs = bench
+
+    class T:
+        wall, cpu = 2.0, 1.5
+
+    names, layers = ["w.1", "w.2"], [1, 2]
+    ref_d = [{"w.1": torch.ones(3, 2), "w.2": torch.full((3, 2), 2.0)} for _ in range(2)]
+    ours_d = [{"w.1": torch.ones(3, 2), "w.2": torch.full((3, 2), 2.0)}, {"w.1": torch.ones(3, 2) * 1.1, "w.2": torch.zeros(3, 2)}]
+    ref = {"edits": [{"delta": d, "timed": T, "info": {}} for d in ref_d],
+           "history": {1: torch.eye(3, dtype=torch.float64), 2: torch.eye(3, dtype=torch.float64)}}
+    ours = {"edits": [{"delta": d, "timed": T, "info": {}} for d in ours_d],
+            "history": {1: 2 * torch.eye(3, dtype=torch.float64), 2: None}}
+    recs = rs.edit_records(ref, ours, names, layers)
+    assert [r["max_rel_error"] for r in recs] == [0.0, pytest.approx(1.0)]
+    assert recs[1]["weights"]["w.1"]["rel_error"] == pytest.approx(0.1)
+    assert recs[0]["weights"]["w.2"]["ref_update_norm"] == pytest.approx(2 * 6**0.5)
+    # the reference's own fingerprint is the same for the same dW, whoever computes it
+    assert recs[0]["weights"]["w.1"]["ref_update_sha256"] == recs[1]["weights"]["w.1"]["ref_update_sha256"]
+    assert rs.history_errors(ref, ours) == {"1": pytest.approx(1.0), "2": None}
+    assert rs.history_errors(ref, None) is None
+    only = rs.edit_records(ref, None, names, layers)
+    assert "rel_error" not in only[0]["weights"]["w.1"] and "max_rel_error" not in only[0]
