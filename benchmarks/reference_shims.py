@@ -64,7 +64,7 @@ SHIMS = {
         "are looked up under its relative STATS_DIR (data/stats): the reference is imported and run "
         "with the working directory set to a scratch folder holding a copy of the checkout's "
         "globals.yml and the statistics fastedit computed; its module-level caches "
-        "(CONTEXT_TEMPLATES_CACHE, inv_mom2_cache, COV_CACHE) are set or emptied before each run"
+        "(CONTEXT_TEMPLATES_CACHE, inv_mom2_cache, COV_CACHE, ENCORE's SEQ_CACHE) are set or emptied before each run"
     ),
 }
 
