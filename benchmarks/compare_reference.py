@@ -1,15 +1,28 @@
 """Side by side: the same edits through the public reference code and through fastedit.
 
-    python benchmarks/compare_reference.py --reference-dir ../ref/memit [--method rome|memit|both]
+    python benchmarks/compare_reference.py --reference-dir CHECKOUT [--method rome|memit|both]
         [--model smollm2-135m | random:gpt2 | random:llama | ...] [--requests 3] [--hparams FILE]
         [--stats-source FILE] [--stats-samples 20] [--stats-max-len 512] [--out FILE.json]
+    python benchmarks/compare_reference.py --reference-dir CHECKOUT --method alphaedit|emmet|encore|memit
+        [--edits 5] [--batch-size 1] [--reference-only] [--save-deltas FILE.pt] [same options]
 
-``--reference-dir`` is a checkout of kmeng01/memit (which also holds the ``rome/`` package) or of
-kmeng01/rome, fetched beside the project and never committed; for example
+``--reference-dir`` is a checkout of the method's public code, kept beside the project (never inside
+it) and never committed. Plain folders, for example:
 
-    git clone https://github.com/kmeng01/memit ../ref/memit
+    git clone https://github.com/kmeng01/memit ../ref/memit          # rome, memit (also has rome/)
+    git clone https://github.com/jianghoucheng/AlphaEdit ../ref/alphaedit
+    git clone https://github.com/scalable-model-editing/unified-model-editing ../ref/emmet
+    git clone https://github.com/scalable-model-editing/knowledge-editing-regularization ../ref/encore
 
-For each method the script
+(or, from a bare mirror, ``git --git-dir=MIRROR archive HEAD | tar -x -C ../ref/NAME`` and
+``git --git-dir=MIRROR rev-parse HEAD > ../ref/NAME/.commit``, so that the results name the commit).
+Each is run as it is: AlphaEdit through ``AlphaEdit.AlphaEdit_main.apply_AlphaEdit_to_model(..., cache_c=, P=)``,
+EMMET through ``emmet.emmet_main.apply_emmet_to_model``, ENCORE through
+``encore.encore_main.apply_encore_to_model`` (its sequential memory ``SEQ_CACHE`` switched on with
+``hparams.sequential = True``, as its experiment script does), MEMIT through kmeng01's
+``apply_memit_to_model``; see ``benchmarks/reference_methods.py``.
+
+Batch mode (rome, memit; the default). For each method the script
 
 1. computes the second-moment statistics once with fastedit, in the reference's cache layout and file
    name, under a scratch folder that also holds a copy of the checkout's ``globals.yml`` (the reference
@@ -25,6 +38,35 @@ For each method the script
    process CPU times (steadier than wall time where other jobs share the machine). ``--repeat N``
    runs each side N times, alternating which goes first, and reports the fastest run of each.
 
+Sequential mode (``--edits N``; always for alphaedit, emmet, encore, default N = 5): ``N`` edits of
+``--batch-size`` requests (default 1) one after another on each side, as the successors' papers run
+them (see ``benchmarks/reference_sequence.py``):
+
+* hyperparameters: one file in the reference's own JSON layout, written to the scratch folder from the
+  checkout's file for the model family (``hparams/AlphaEdit/gpt2-xl.json``, ``Llama3-8B.json``, ...)
+  with the settings shared with MEMIT (layers, optimisation, module names, statistics) taken from
+  fastedit's MEMIT preset for the model (small settings for random models) and the method's own keys
+  (``nullspace_threshold``, ``L2``, ``emmet_lambda``, ``update_norm_lambda``, ``prob_cutoff``, ...) as
+  the repository has them; or ``--hparams FILE`` in that layout, used as it is. The reference reads
+  it with its ``from_json``, fastedit with ``fastedit.hparams.load_hparams(method, file)``;
+* statistics, templates: as in batch mode (MEMIT's template groups; AlphaEdit's code reads the model's
+  statistics folder under its own naming, the last path component, linked where it differs);
+* the fastedit side is ``EditSession(model, tok, method, hp, templates=...)`` and one
+  ``apply(batch)`` per edit; it needs the method registered in fastedit (a clear error otherwise;
+  ``--reference-only`` runs the reference alone);
+* AlphaEdit: ``P`` is built before the first edit from the reference's own ``get_cov`` (its statistics
+  loader) with the null-space threshold of the file, and ``cache_c`` starts at zero and is threaded
+  from call to call, as its ``experiments/evaluate.py`` does; fastedit builds its own from the same
+  statistics file and threshold. The results give P's rank and how close a singular value is to the
+  threshold, and (where the session keeps an edit history) the relative difference of
+  ``session.edit_history.gram(layer)`` from the final ``cache_c`` (ENCORE: from ``SEQ_CACHE``);
+* ENCORE stops its target optimisation early (``prob_cutoff``); both sides read the same value, and
+  the reference's ‖δ‖ per request is recorded per edit;
+* the report gives, per edit and per edited weight, ‖ΔW_e,fastedit − ΔW_e,ref‖ / ‖ΔW_e,ref‖ where ΔW_e
+  is that edit's change, both sides' time per edit and their setup times. The reference's per-edit ΔW
+  are saved (``--save-deltas``, default in the scratch folder) and fingerprinted (norm, largest entry,
+  SHA-256) in the JSON.
+
 ``--model random:gpt2`` (or gptj, gpt_neox, llama, mistral, qwen2) uses a small seeded random-weight
 model of that family with GPT-2's tokenizer and small hyperparameters (see :func:`small_hparams`);
 statistics are truncated to the model's context length.
@@ -33,9 +75,10 @@ The reference runs unmodified; what it needs to run here (no CUDA, transformers 
 patched at run time by ``benchmarks/reference_shims.py`` and listed in the results. Its own output goes
 to a log file in the scratch folder.
 
-The results go to ``--out`` (JSON) and a ``.txt`` beside it with the printed table; the last line
-printed is one JSON object with the summary. The exit status is 1 when an error exceeds
-``--tolerance`` (default 1e-4).
+The results go to ``--out`` (JSON; sequential mode: ``benchmarks/results/compare_reference_<method>_
+<model>.json``, with ``--reference-only`` the scratch folder) and a ``.txt`` beside it with the printed
+table; the last line printed is one JSON object with the summary. The exit status is 1 when an error
+exceeds ``--tolerance`` (default 1e-4).
 """
 
 from __future__ import annotations
@@ -47,6 +90,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -232,13 +276,23 @@ def _load_average() -> float | None:
 
 
 def reference_commit(reference_dir: Path) -> str | None:
+    """The checkout's commit: ``git rev-parse HEAD`` where it is a git checkout; for a folder unpacked
+    with ``git archive`` (no git metadata), the last word of a ``.commit`` file beside its code, when
+    one was written there (``git rev-parse HEAD > .commit``)."""
     try:
         out = subprocess.run(
-            ["git", "-C", str(reference_dir), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ["git", "-C", str(reference_dir), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True,
+            timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+        out = None
+    if out is not None and out.returncode == 0:
+        top, _, head = out.stdout.strip().partition("\n")
+        if Path(top).resolve() == Path(reference_dir).resolve() and head:
+            return head.strip()
+    marker = Path(reference_dir) / ".commit"
+    words = marker.read_text().split() if marker.is_file() else []
+    return words[-1] if words and re.fullmatch(r"[0-9a-f]{40}", words[-1]) else None
 
 
 # ---------------------------------------------------------------------------- one comparison
@@ -391,6 +445,117 @@ def run_method(method, ref, base, tok, adapter, requests, hp, templates, workdir
     }
 
 
+# ---------------------------------------------------------------------------- sequential runs
+SUCCESSORS = ("alphaedit", "emmet", "encore")
+
+
+def model_short_name(spec: str) -> str:
+    """``smollm2-135m`` → ``smollm2``, ``random:gpt2,...`` → ``gpt2``: the results files' model part."""
+    name = spec.split(":", 1)[-1].split(",")[0]
+    return name.split("-")[0] if name.startswith("smollm2") else Path(name).name
+
+
+def link_reference_stats(stats_dir: Path, name_or_path: str) -> None:
+    """fastedit writes kmeng01's model folder; AlphaEdit's code reads the folder named by the last path
+    component (its layer_stats, unchanged): that name is linked to the same folder where it differs."""
+    from fastedit.stats.cache import reference_model_names
+
+    kmeng, alpha = reference_model_names(name_or_path)
+    if alpha != kmeng and not (stats_dir / alpha).exists():
+        (stats_dir / alpha).symlink_to(stats_dir / kmeng, target_is_directory=True)
+
+
+def run_sequential(args, reference_dir: Path, workdir: Path, stats_dir: Path, machine: dict) -> dict:
+    """``--edits N`` edits of ``--batch-size`` requests each through the reference code of
+    ``args.method`` and (unless ``--reference-only``) through fastedit; see :mod:`reference_sequence`."""
+    import reference_sequence as rs
+    from fastedit.models import get_adapter
+    from fastedit.stats.store import SecondMomentStore
+
+    method = args.method
+    torch.manual_seed(0)
+    base, tok, label = load_model(args.model)
+    adapter = get_adapter(base)
+    args.stats_max_len = min(args.stats_max_len, adapter.max_positions(base))
+    requests = load_requests(args.requests_file, args.edits * args.batch_size)
+    shared = resolve_hparams("memit", args.hparams if method == "memit" else None, base, adapter, args.stats_samples)
+    s = rs.prepare(method, reference_dir, base, tok, adapter, requests, args, workdir, shared)
+    d = s.hp_data
+    stats_hp = shared.replace(layers=tuple(d["layers"]), rewrite_module_tmp=d["rewrite_module_tmp"],
+                              mom2_dataset=d["mom2_dataset"], mom2_dtype=d["mom2_dtype"])
+    SecondMomentStore(base, tok, adapter, stats_hp, stats_dir=stats_dir, source=args.stats_source,
+                      max_len=args.stats_max_len, progress=False).ensure(stats_hp.layers)
+    link_reference_stats(stats_dir, str(base.config._name_or_path))
+    names = [f"{d['rewrite_module_tmp'].format(layer)}.weight" for layer in d["layers"]]
+    print(f"[{method}] {len(s.batches)} sequential edit(s) of {args.batch_size} through the reference ...", flush=True)
+    ref = rs.run_reference(s, base, tok, adapter, names, _Timed)
+    ours = None
+    if not args.reference_only:
+        print(f"[{method}] ... and through fastedit", flush=True)
+        ours = rs.run_fastedit(s, base, tok, names, stats_dir, args, _Timed)
+    edits = rs.edit_records(ref, ours, names, d["layers"])
+    clean = {"reference": unchanged_elsewhere(base, ref["model"], names)}
+    if ours:
+        clean["fastedit"] = unchanged_elsewhere(base, ours["model"], names)
+    worst = max(e["max_rel_error"] for e in edits) if ours else None
+    deltas_path = Path(args.save_deltas or workdir / f"reference_deltas_{method}.pt").resolve()
+    rs.save_deltas(deltas_path, ref, names, {"method": method, "model": label, "hparams": d, "templates": s.templates,
+                                            "requests": [r.to_reference_dict() for r in requests]})
+    return {
+        "mode": "sequential", "method": method, "model": label, "dtype": "float32",
+        "n_edits": len(s.batches), "batch_size": args.batch_size, "reference_only": bool(args.reference_only),
+        "requests": [r.to_reference_dict() for r in requests],
+        "reference_dir": str(reference_dir), "reference_commit": reference_commit(reference_dir),
+        "hparams_file": str(s.hp_path), "hparams": d, "hparams_source": s.hp_source,
+        "fastedit_hparams": ours["hparams"] if ours else None, "templates": s.templates,
+        "template_seed": args.seed,
+        "stats": {"source": str(args.stats_source), "samples": args.stats_samples, "max_len": args.stats_max_len,
+                  "dir": str(stats_dir), "fastedit_files": ours["stats_files"] if ours else None},
+        "reference_setup_s": ref["setup"].wall, "reference_setup_info": ref["begin"],
+        "fastedit_setup_s": ours["setup"].wall if ours else None,
+        "reference_total_s": sum(e["reference_s"] for e in edits),
+        "fastedit_total_s": sum(e["fastedit_s"] for e in edits) if ours else None,
+        "edits": edits, "history_rel_error": rs.history_errors(ref, ours),
+        "max_rel_update_error": worst, "tolerance": args.tolerance, "other_parameters_unchanged": clean,
+        "passed": None if ours is None else bool(worst <= args.tolerance and all(clean.values())),
+        "reference_deltas_file": str(deltas_path), "reference_log": str(s.log_path),
+        "machine": machine, "shims": reference_shims.SHIMS,
+    }
+
+
+def sequential_table(r: dict) -> str:
+    """The printed report of a sequential run: one line per edit and weight, then the totals."""
+    both = not r["reference_only"]
+    lines = [
+        f"compare_reference (sequential): {r['method']} on {r['model']} (float32), {r['n_edits']} edit(s) of "
+        f"{r['batch_size']} CounterFact request(s), reference {r['reference_dir']}",
+        f"machine: {r['machine']['cpu']}, {r['machine']['torch_threads']} torch threads, device "
+        f"{r['machine']['device']}, torch {r['machine']['torch']}, transformers {r['machine']['transformers']}",
+        "",
+        f"{'edit':>4} {'edited weight':<42} {'|dW| reference':>15} {'|dW| fastedit':>15} {'rel. error':>11} "
+        f"{'ref s':>8} {'fastedit s':>10}",
+        "-" * 111,
+    ]
+    for e in r["edits"]:
+        for i, (name, w) in enumerate(e["weights"].items()):
+            fe = f"{w['fastedit_update_norm']:>15.6e} {w['rel_error']:>11.2e}" if both else f"{'-':>15} {'-':>11}"
+            fe_s = f"{e['fastedit_s']:>10.2f}" if both else f"{'-':>10}"
+            t = f"{e['reference_s']:>8.2f} {fe_s}" if i == 0 else ""
+            lines.append(f"{e['edit']:>4} {name:<42} {w['ref_update_norm']:>15.6e} {fe} {t}")
+    lines.append("")
+    lines.append(f"setup (statistics, AlphaEdit's P; fastedit's session): reference {r['reference_setup_s']:.2f} s"
+                 + (f", fastedit {r['fastedit_setup_s']:.2f} s" if both else "")
+                 + (f"; {r['reference_setup_info']}" if r["reference_setup_info"] else ""))
+    lines.append(f"edits: reference {r['reference_total_s']:.2f} s" + (
+        f", fastedit {r['fastedit_total_s']:.2f} s, speedup {r['reference_total_s'] / r['fastedit_total_s']:.2f}x"
+        if both else " (reference only)"))
+    if both:
+        lines.append(f"max relative update error {r['max_rel_update_error']:.2e} (tolerance {r['tolerance']:g}); "
+                     f"history Gram rel. error {r['history_rel_error']}; passed: {'yes' if r['passed'] else 'NO'}")
+    lines.append(f"(reference per-edit dW in {r['reference_deltas_file']}; reference output in {r['reference_log']})")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- report
 def table(summary: dict, results: list[dict]) -> str:
     lines = [
@@ -430,11 +595,62 @@ def table(summary: dict, results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def _scratch(args, reference_dir: Path) -> tuple[Path, Path]:
+    """(scratch folder holding a copy of the checkout's globals.yml, the statistics folder it names)."""
+    import yaml
+
+    if not (reference_dir / "globals.yml").is_file():
+        raise SystemExit(f"{reference_dir}/globals.yml not found: is this a checkout of the reference code?")
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="fastedit-compare-reference-"))).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(reference_dir / "globals.yml", workdir / "globals.yml")
+    return workdir, workdir / yaml.safe_load((workdir / "globals.yml").read_text())["STATS_DIR"]
+
+
+def sequential_main(args) -> int:
+    """``--edits N``: run, print and write one sequential comparison (see :func:`run_sequential`)."""
+    if args.method == "both" or args.method == "rome":
+        raise SystemExit("--edits runs memit, alphaedit, emmet or encore (one method at a time)")
+    if args.edits < 1 or args.batch_size < 1:
+        raise SystemExit("--edits and --batch-size must be at least 1")
+    if not args.reference_only:
+        import reference_sequence
+
+        reference_sequence.check_fastedit_method(args.method)
+    reference_dir = args.reference_dir.resolve()
+    args.stats_source = args.stats_source.resolve()
+    workdir, stats_dir = _scratch(args, reference_dir)
+    if args.out is None:
+        name = f"compare_reference_{args.method}_{model_short_name(args.model)}.json"
+        args.out = workdir / f"reference_{args.method}.json" if args.reference_only else HERE / "results" / name
+    out = args.out.resolve()
+    result = run_sequential(args, reference_dir, workdir, stats_dir, machine_description())
+    text = sequential_table(result)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".txt").write_text(text + "\n")
+    last = {k: result[k] for k in ("method", "model", "n_edits", "batch_size", "max_rel_update_error", "passed",
+                                   "reference_total_s", "fastedit_total_s")}
+    last["per_edit_max_rel_error"] = [e.get("max_rel_error") for e in result["edits"]]
+    last["out"] = str(out)
+    print(json.dumps(last))
+    return 0 if result["passed"] in (True, None) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference-dir", required=True, type=Path, help="checkout of kmeng01/memit or kmeng01/rome")
-    ap.add_argument("--method", choices=["rome", "memit", "both"], default="both",
-                    help="default: both, or what the checkout has")
+    ap.add_argument("--method", choices=["rome", "memit", "both", *SUCCESSORS], default="both",
+                    help="default: both, or what the checkout has; alphaedit, emmet and encore run sequentially")
+    ap.add_argument("--edits", type=int, default=None,
+                    help="sequential mode: this many edits one after another, each ΔW compared (default for "
+                         "alphaedit, emmet, encore: 5; memit: only with this flag)")
+    ap.add_argument("--batch-size", type=int, default=1, help="sequential mode: requests per edit")
+    ap.add_argument("--reference-only", action="store_true",
+                    help="sequential mode: run the reference side alone (no fastedit method needed)")
+    ap.add_argument("--save-deltas", type=Path, default=None,
+                    help="sequential mode: where the reference's per-edit dW go (default: the scratch folder)")
     ap.add_argument("--model", default="smollm2-135m",
                     help="fastedit model name or path, or random:ARCH[,key=value...] (ARCH: gpt2, gptj, gpt_neox, "
                          "llama, mistral, qwen2; small seeded random config, initializer_range "
@@ -455,18 +671,30 @@ def main(argv=None) -> int:
     ap.add_argument("--tolerance", type=float, default=1e-4, help="largest relative update error that passes")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each side this many times, alternating which goes first; report the fastest")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                    help="results JSON (default: benchmarks/results/compare_reference.json); the table goes beside it as .txt")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results JSON (default: benchmarks/results/compare_reference.json; sequential mode: "
+                         "compare_reference_<method>_<model>.json there, or the scratch folder with "
+                         "--reference-only); the table goes beside it as .txt")
+    return ap
 
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.method in SUCCESSORS and args.edits is None:
+        args.edits = 5
+    return sequential_main(args) if args.edits is not None else batch_main(args)
+
+
+def batch_main(args) -> int:
+    """Batch mode (rome, memit): run, print and write the comparison (see the module docstring)."""
     from fastedit.methods.templates import memit_templates, rome_templates
     from fastedit.models import get_adapter
     from fastedit.stats.store import SecondMomentStore
 
     reference_dir = args.reference_dir.resolve()
     args.stats_source = args.stats_source.resolve()
-    out = args.out.resolve()
+    out = (args.out or DEFAULT_OUT).resolve()
     if args.method == "both":
         methods = [m for m in ("rome", "memit") if reference_shims.has_method(reference_dir, m)]
     else:
@@ -474,15 +702,7 @@ def main(argv=None) -> int:
     missing = [m for m in methods if not reference_shims.has_method(reference_dir, m)]
     if not methods or missing:
         raise SystemExit(f"{reference_dir} holds no reference package for {missing or ['rome', 'memit']}")
-    if not (reference_dir / "globals.yml").is_file():
-        raise SystemExit(f"{reference_dir}/globals.yml not found: is this a checkout of kmeng01/rome or kmeng01/memit?")
-
-    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="fastedit-compare-reference-"))).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(reference_dir / "globals.yml", workdir / "globals.yml")
-    import yaml
-
-    stats_dir = workdir / yaml.safe_load((workdir / "globals.yml").read_text())["STATS_DIR"]
+    workdir, stats_dir = _scratch(args, reference_dir)
     log_path = workdir / "reference.log"
 
     machine = machine_description()
@@ -538,6 +758,11 @@ def main(argv=None) -> int:
         "shims": reference_shims.SHIMS,
         "results": results,
     }
+    return write_batch_results(summary, results, out)
+
+
+def write_batch_results(summary: dict, results: list[dict], out: Path) -> int:
+    """Print the table, write the JSON and the table beside it, print the one-line summary."""
     text = table(summary, results)
     print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -545,7 +770,7 @@ def main(argv=None) -> int:
     out.with_suffix(".txt").write_text(text + "\n")
     last = {
         "method": summary["method"],
-        "model": label,
+        "model": summary["model"],
         "rel_errors": {r["method"]: {n: v["rel_error"] for n, v in r["layers"].items()} for r in results},
         "max_rel_update_error": summary["max_rel_update_error"],
         "reference_seconds": {r["method"]: round(r["reference_seconds"], 3) for r in results},
@@ -554,7 +779,7 @@ def main(argv=None) -> int:
         "cpu_time_ratio": {r["method"]: round(r["cpu_time_ratio"], 3) for r in results},
         "passed": summary["passed"],
         "out": str(out),
-        "machine": machine,
+        "machine": summary["machine"],
     }
     print(json.dumps(last))
     return 0 if summary["passed"] else 1

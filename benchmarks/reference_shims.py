@@ -1,5 +1,8 @@
-"""Runtime shims that let the public reference code (kmeng01/rome, kmeng01/memit, 2022) run unchanged
-under torch 2.x / transformers 5, with or without CUDA. Used by ``benchmarks/compare_reference.py``.
+"""Runtime shims that let the public reference code (kmeng01/rome, kmeng01/memit, 2022, and the
+successors built on it: jianghoucheng/AlphaEdit, scalable-model-editing/unified-model-editing (EMMET)
+and scalable-model-editing/knowledge-editing-regularization (ENCORE), which share its ``util`` and
+``rome`` packages) run unchanged under torch 2.x / transformers 5, with or without CUDA. Used by
+``benchmarks/compare_reference.py``.
 
 Nothing here edits the reference checkout or copies its code: every shim is a monkeypatch that
 :func:`reference_shims` installs and removes again when it exits (the import-time ones are installed
@@ -20,7 +23,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["SHIMS", "ReferenceModules", "import_reference", "reference_shims", "has_method"]
+__all__ = ["SHIMS", "ReferenceModules", "import_reference", "import_method", "reference_shims", "has_method"]
 
 # One line per shim, in the order they appear below.
 SHIMS = {
@@ -61,7 +64,7 @@ SHIMS = {
         "are looked up under its relative STATS_DIR (data/stats): the reference is imported and run "
         "with the working directory set to a scratch folder holding a copy of the checkout's "
         "globals.yml and the statistics fastedit computed; its module-level caches "
-        "(CONTEXT_TEMPLATES_CACHE, inv_mom2_cache, COV_CACHE) are set or emptied before each run"
+        "(CONTEXT_TEMPLATES_CACHE, inv_mom2_cache, COV_CACHE, ENCORE's SEQ_CACHE) are set or emptied before each run"
     ),
 }
 
@@ -132,15 +135,7 @@ def import_reference(reference_dir: Path, workdir: Path) -> ReferenceModules:
     """Import the reference packages from ``reference_dir`` (a checkout of kmeng01/memit, which also
     holds ``rome/``, or of kmeng01/rome). ``workdir`` must hold ``globals.yml`` (read at import)."""
     reference_dir = Path(reference_dir).resolve()
-    for name in _REFERENCE_TOP_LEVEL:
-        mod = sys.modules.get(name)
-        if mod is not None:
-            where = Path(getattr(mod, "__file__", "") or "").resolve()
-            if reference_dir not in where.parents:
-                raise RuntimeError(
-                    f"a module named {name!r} is already imported from {where}; the reference's top-level "
-                    f"package of that name cannot be imported beside it"
-                )
+    _check_top_level(reference_dir, _REFERENCE_TOP_LEVEL)
     if str(reference_dir) not in sys.path:
         sys.path.insert(0, str(reference_dir))
     # Shim datasets_stub / matplotlib_stub: only for the duration of the import.
@@ -159,6 +154,32 @@ def import_reference(reference_dir: Path, workdir: Path) -> ReferenceModules:
             ns.MEMITHyperParams = ns.memit_main.MEMITHyperParams
             ns.apply_memit_to_model = ns.memit_main.apply_memit_to_model
     return ns
+
+
+def _check_top_level(reference_dir: Path, names) -> None:
+    for name in names:
+        mod = sys.modules.get(name)
+        if mod is not None:
+            where = Path(getattr(mod, "__file__", "") or "").resolve()
+            if reference_dir not in where.parents:
+                raise RuntimeError(
+                    f"a module named {name!r} is already imported from {where}; the reference's top-level "
+                    f"package of that name cannot be imported beside it"
+                )
+
+
+def import_method(reference_dir: Path, workdir: Path, module: str) -> ReferenceModules:
+    """Import ``module`` (``AlphaEdit.AlphaEdit_main``, ``emmet.emmet_main``, ...) and the checkout's
+    ``util.nethook`` from ``reference_dir``, with the import-time shims; ``workdir`` must hold
+    ``globals.yml``. Returns a namespace with ``nethook`` and ``main`` (the module)."""
+    reference_dir = Path(reference_dir).resolve()
+    _check_top_level(reference_dir, _REFERENCE_TOP_LEVEL + (module.split(".")[0],))
+    if str(reference_dir) not in sys.path:
+        sys.path.insert(0, str(reference_dir))
+    with _working_directory(workdir), _stub_module("datasets", {"load_dataset": _no_load_dataset}), _stub_module(
+        "matplotlib.style", {"context": None}
+    ):
+        return ReferenceModules(nethook=importlib.import_module("util.nethook"), main=importlib.import_module(module))
 
 
 # ---------------------------------------------------------------------------- the patches
