@@ -7,6 +7,13 @@ changing its imports::
     # from memit import MEMITHyperParams, apply_memit_to_model
     from fastedit.compat import ROMEHyperParams, apply_rome_to_model, MEMITHyperParams, apply_memit_to_model
 
+The successors' entry points switch the same way: ``apply_AlphaEdit_to_model`` (jianghoucheng/AlphaEdit:
+``(model, cache_c)``, with its ``P`` and ``cache_c`` arguments honoured), ``apply_emmet_to_model``
+(scalable-model-editing/unified-model-editing: ``(model, weights_copy, distances)``) and
+``apply_encore_to_model`` (knowledge-editing-regularization: ``(model, weights_copy, distances,
+time_compute_z, total_inserting_time)``), with the hyperparameter classes of
+:func:`fastedit.methods.get_method`.
+
 Same signatures, same return values (``(model, weights_copy)``; ``execute_*`` return the reference's
 deltas dictionaries), the same hparams JSON files (``ROMEHyperParams.from_json``) and the same
 statistics cache files: ``$FASTEDIT_STATS_DIR`` or, like the references, ``data/stats`` under the
@@ -47,6 +54,9 @@ __all__ = [
     "apply_memit_to_model",
     "execute_memit",
     "set_context_templates",
+    "apply_AlphaEdit_to_model",
+    "apply_emmet_to_model",
+    "apply_encore_to_model",
 ]
 
 # model → {"rome"/"memit": templates}; model → {(method, hparams): session}. Weak keys: a model that is
@@ -128,27 +138,40 @@ def execute_memit(
     (``cache_template.format(z_layer, clamp_norm_factor, case_id)``, an npz with ``v_star``)."""
     hp = _as_hparams(hparams, MEMITHyperParams)
     sess = _session(model, tok, hp.METHOD, hp)
-    pre, files = {}, {}
-    if cache_template is not None:
-        for i, r in enumerate(requests):
-            # the case id becomes a file name: it must not lead out of the template's folder
-            if not isinstance(r, Mapping) or r.get("case_id") is None:
-                raise RequestError(f"request #{i}: cache_template needs a case_id in every request")
-            case_id = safe_component(r["case_id"], f"request #{i}: case_id")
-            f = Path(str(cache_template).format(hp.layers[-1], hp.clamp_norm_factor, case_id))
-            files[i] = f
-            if f.exists():
-                try:
-                    with np.load(f) as data:
-                        pre[i] = torch.from_numpy(data["v_star"]).to(next(model.parameters()).device)
-                except Exception:  # an unreadable cache file is recomputed, as the reference does
-                    pass
+    pre, files = _cached_z(model, requests, hp, cache_template)
     out = sess.compute(requests, precomputed_z=pre)
+    _store_z(out.info["z"], files, pre)
+    return {u.weight_name: (u.keys_side.detach().cpu(), u.values_side.detach().cpu()) for u in out.updates}
+
+
+def _cached_z(model, requests, hp, cache_template) -> tuple[dict[int, torch.Tensor], dict[int, Path]]:
+    """The z of each request found in ``cache_template``'s files (request index → z) and the file of
+    every request; an unreadable file is recomputed, as the reference does."""
+    pre, files = {}, {}
+    if cache_template is None:
+        return pre, files
+    for i, r in enumerate(requests):
+        # the case id becomes a file name: it must not lead out of the template's folder
+        if not isinstance(r, Mapping) or r.get("case_id") is None:
+            raise RequestError(f"request #{i}: cache_template needs a case_id in every request")
+        case_id = safe_component(r["case_id"], f"request #{i}: case_id")
+        f = Path(str(cache_template).format(hp.layers[-1], hp.clamp_norm_factor, case_id))
+        files[i] = f
+        if f.exists():
+            try:
+                with np.load(f) as data:
+                    pre[i] = torch.from_numpy(data["v_star"]).to(next(model.parameters()).device)
+            except Exception:  # noqa: BLE001
+                pass
+    return pre, files
+
+
+def _store_z(zs: torch.Tensor, files: dict[int, Path], pre: dict) -> None:
+    """Write the z (column i of ``zs`` (d_model, n)) of every request that was not read from its file."""
     for i, f in files.items():
         if i not in pre:
             f.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(f, v_star=out.info["z"][:, i].detach().float().cpu().numpy())
-    return {u.weight_name: (u.keys_side.detach().cpu(), u.values_side.detach().cpu()) for u in out.updates}
+            np.savez(f, v_star=zs[:, i].detach().float().cpu().numpy())
 
 
 def apply_memit_to_model(
@@ -173,3 +196,92 @@ def apply_memit_to_model(
             upd = sess.adapter.delta_to_weight(adj_k.to(w.device) @ resid.to(w.device).T, w)
             w.add_(upd.to(w.dtype))
     return model, weights_copy
+
+
+# ---------------------------------------------------------------------------------------- successors
+def _edit_family(method: str, model, tok, requests, hparams, copy=False, return_orig_weights=False,
+                 cache_template=None):
+    """One batch through ``method``'s session on ``model``: (model, weights_copy, session, result,
+    weights before the edit)."""
+    if copy:
+        model = deepcopy(model)
+    hp = _as_hparams(hparams, get_method(method).hparams_class)
+    sess = _session(model, tok, hp.METHOD, hp)
+    before = {k: w.detach().clone() for k, w in sess.edited_weights().items()}
+    weights_copy = {k: w.clone() for k, w in before.items()} if return_orig_weights else {}
+    pre, files = _cached_z(model, requests, hp, cache_template)
+    result = sess.apply(requests, precomputed_z=pre)
+    _store_z(result.info["z"], files, pre)
+    return model, weights_copy, sess, result, before
+
+
+def _distances(sess, result, before) -> dict[str, dict]:
+    """Per edited layer (keyed by its number, as the references key it), the norms the references
+    report that fastedit has: ‖ΔW‖, ‖W‖ before and after, and the update's own norms
+    (``inside_norms``). The objective distances need the preserved keys, which fastedit's statistics
+    do not keep: None, as the references give them with their objective computation off."""
+    out, weights = {}, sess.edited_weights()
+    zs = result.info["z"]
+    for u in result.updates:
+        w = weights[u.weight_name]
+        delta = (w.detach().double() - before[u.weight_name].double()).norm()
+        out[str(u.layer)] = {
+            "preservation_distance": None, "new_edit_distance": None, "old_edit_distance": None,
+            "delta_norm": float(delta), "new_weights_norm": float(w.detach().double().norm()),
+            "original_weights_norm": float(before[u.weight_name].double().norm()),
+            "inside_norms": {
+                "zs_norm": float(zs.norm(dim=0).mean()),
+                "adj_norm": float(u.keys_side.norm(dim=0).mean()),
+                "residual_norm": float(u.values_side.norm(dim=0).mean()),
+                "inside_update_norm": float((u.keys_side @ u.values_side.T).norm()),
+                **({"pseudo_inverse": result.info["pseudo_inverse"].get(u.layer)} if "pseudo_inverse" in result.info else {}),
+            },
+        }
+    return out
+
+
+def apply_emmet_to_model(model, tok, requests: List[Dict], hparams, copy=False, return_orig_weights=False,
+                         cache_template: Optional[str] = None, **kwargs):
+    """scalable-model-editing/unified-model-editing's entry point: edit ``model`` with the batch
+    ``requests`` by EMMET; returns ``(model, weights_copy, distances)`` (see :func:`_distances`)."""
+    model, weights_copy, sess, result, before = _edit_family(
+        "emmet", model, tok, requests, hparams, copy, return_orig_weights, cache_template)
+    return model, weights_copy, _distances(sess, result, before)
+
+
+def apply_encore_to_model(model, tok, requests: List[Dict], hparams, copy=False, return_orig_weights=False,
+                          cache_template: Optional[str] = None, **kwargs):
+    """scalable-model-editing/knowledge-editing-regularization's entry point: edit ``model`` with the
+    batch ``requests`` by ENCORE, the earlier calls' keys kept in the edit history (its
+    ``sequential`` mode, which is how fastedit always runs it); returns ``(model, weights_copy,
+    distances, time_compute_z, total_inserting_time)`` with ``distances["z_norms"]`` per case id."""
+    model, weights_copy, sess, result, before = _edit_family(
+        "encore", model, tok, requests, hparams, copy, return_orig_weights, cache_template)
+    distances = _distances(sess, result, before)
+    zs = result.info["z"]
+    distances["z_norms"] = {r.get("case_id", i) if isinstance(r, Mapping) else i: {"final_norm": float(zs[:, i].norm())}
+                            for i, r in enumerate(requests)}
+    t = result.times
+    return model, weights_copy, distances, sum(v for k, v in t.items() if k.startswith("target/")), t["total"]
+
+
+def apply_AlphaEdit_to_model(model, tok, requests: List[Dict], hparams, cache_template: Optional[str] = None,
+                             cache_c=None, P=None):
+    """jianghoucheng/AlphaEdit's entry point: edit ``model`` with the batch ``requests``; returns
+    ``(model, cache_c)``. ``P`` (n_layers, d_ff, d_ff): the null-space projections (default: computed
+    from the statistics, as its ``get_project``); ``cache_c`` (n_layers, d_ff, d_ff): the sum of the
+    earlier batches' KKᵀ (default: the session's own edit history). The returned ``cache_c`` adds
+    this batch's keys, read again on the edited model, as the reference does."""
+    hp = _as_hparams(hparams, get_method("alphaedit").hparams_class)
+    sess = _session(model, tok, hp.METHOD, hp)
+    sess.editor.use_reference_state(P, cache_c)
+    result = _edit_family("alphaedit", model, tok, requests, hp, cache_template=cache_template)[3]
+    entry = sess.journal.entry(result.edit_id)
+    if cache_c is None:
+        grams = [sess.edit_history.gram(layer) for layer in hp.layers]
+        return model, torch.stack([g.float() for g in grams])
+    new = cache_c.clone()
+    for i, layer in enumerate(hp.layers):
+        k = entry.history[layer].to(new.dtype)
+        new[i] += k @ k.T
+    return model, new

@@ -110,3 +110,59 @@ def test_rome_functions(gpt2_tok):
     model2, orig = compat.apply_rome_to_model(model, gpt2_tok, REQS, hp, return_orig_weights=True)
     assert list(orig) == ["transformer.h.1.mlp.c_proj.weight"]
     assert not torch.equal(model2.get_parameter("transformer.h.1.mlp.c_proj.weight"), orig["transformer.h.1.mlp.c_proj.weight"])
+
+
+SUCCESSOR_HP = {"layers": [1, 2], "v_num_grad_steps": 4, "v_loss_layer": 3, "mom2_update_weight": 10.0,
+                "mom2_n_samples": 6}
+
+
+def _twin_session(method, tok, hp):
+    twin = random_model("gpt2")
+    return twin, EditSession(twin, tok, method, hp, templates=GROUPS, progress=False)
+
+
+def _assert_same_weights(model, twin, sess):
+    for name in sess.edited_weights():
+        assert torch.allclose(model.get_parameter(name), twin.get_parameter(name), atol=1e-6), name
+
+
+@pytest.mark.parametrize("method", ["emmet", "encore"])
+def test_successor_entry_points_match_the_session(method, gpt2_tok):
+    model = random_model("gpt2")
+    compat.set_context_templates(model, method, GROUPS)
+    twin, sess = _twin_session(method, gpt2_tok, SUCCESSOR_HP)
+    apply = {"emmet": compat.apply_emmet_to_model, "encore": compat.apply_encore_to_model}[method]
+    for batch in (REQS[:1], REQS[1:]):  # two calls: ENCORE's second solve holds the first call's keys
+        out = apply(model, gpt2_tok, batch, dict(SUCCESSOR_HP), return_orig_weights=True)
+        sess.apply(batch)
+        assert out[0] is model and set(out[1]) == set(sess.edited_weights())
+        assert set(out[2]) >= {"1", "2"} and out[2]["2"]["delta_norm"] > 0
+        assert out[2]["1"]["preservation_distance"] is None
+    _assert_same_weights(model, twin, sess)
+    if method == "encore":
+        assert out[2]["z_norms"][1]["final_norm"] > 0 and out[3] > 0 and out[4] >= out[3]
+
+
+def test_alphaedit_entry_point_takes_and_returns_the_reference_state(gpt2_tok):
+    from fastedit.methods.alphaedit import null_space_basis
+
+    model = random_model("gpt2")
+    compat.set_context_templates(model, "alphaedit", GROUPS)
+    twin, sess = _twin_session("alphaedit", gpt2_tok, SUCCESSOR_HP)
+    sess.stats.ensure(sess.hp.layers)
+    bases = [null_space_basis(sess.stats.second_moment(l), sess.hp.nullspace_threshold) for l in sess.hp.layers]
+    P = torch.stack([u @ u.T for u in bases])
+    cache_c = torch.zeros_like(P)
+    for batch in (REQS[:1], REQS[1:]):
+        edited, cache_c = compat.apply_AlphaEdit_to_model(model, gpt2_tok, batch, dict(SUCCESSOR_HP), cache_c=cache_c, P=P)
+        sess.apply(batch)
+        assert edited is model
+    _assert_same_weights(model, twin, sess)
+    for i, layer in enumerate(sess.hp.layers):  # the returned cache_c is the sum of the batches' KKᵀ
+        assert torch.allclose(cache_c[i].double(), sess.edit_history.gram(layer), rtol=1e-5, atol=1e-5)
+    # without P and cache_c the session's own state is used
+    again = random_model("gpt2")
+    compat.set_context_templates(again, "alphaedit", GROUPS)
+    for batch in (REQS[:1], REQS[1:]):
+        compat.apply_AlphaEdit_to_model(again, gpt2_tok, batch, dict(SUCCESSOR_HP))
+    _assert_same_weights(again, twin, sess)

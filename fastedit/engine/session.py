@@ -107,7 +107,8 @@ class EditResult:
     ``edit_id`` names the edit in the journal (for :meth:`EditSession.undo`). ``update_norms``:
     Frobenius norm of ΔW per edited weight. ``times``: seconds per phase (``target/forward``,
     ``keys``, ``solve``, ...; ``total`` is the wall time of the call). ``loss_curves``: per request,
-    the total loss at each iteration of its target optimisation.
+    the total loss at each iteration of its target optimisation. ``info``: the method's diagnostics
+    (MEMIT family: ``z`` (d_model, n) on the CPU, the target values; ``z_error``, ...).
     """
 
     edit_id: int
@@ -243,10 +244,13 @@ class EditSession:
             )
 
     # ------------------------------------------------------------------ editing
-    def apply(self, requests: Iterable[EditRequest | Mapping] | EditRequest | Mapping) -> EditResult:
+    def apply(self, requests: Iterable[EditRequest | Mapping] | EditRequest | Mapping,
+              precomputed_z: dict[int, torch.Tensor] | None = None) -> EditResult:
         """Edit the model with ``requests``: as one batch for the methods that edit batches (MEMIT and
-        its successors), one request after another otherwise (ROME; one journal entry for the call). Raises :class:`EditFailedError`, with the model
-        unchanged, when the edit cannot be made (Ctrl-C also restores it, and is re-raised)."""
+        its successors), one request after another otherwise (ROME; one journal entry for the call).
+        Raises :class:`EditFailedError`, with the model unchanged, when the edit cannot be made
+        (Ctrl-C also restores it, and is re-raised). MEMIT family: ``precomputed_z`` maps request
+        index → target value computed earlier (the reference's ``cache_template``)."""
         reqs = as_requests(requests)
         for r in reqs:
             r.check_tokens(self.tok)
@@ -256,7 +260,7 @@ class EditSession:
         try:
             with restoring(self._edit_state()) as backup:
                 with PhaseTimer() as timer:
-                    out = self.editor.compute(reqs)
+                    out = self.editor.compute(reqs, precomputed_z)
                 for name, w in weights.items():
                     if not torch.isfinite(w).all():
                         raise EditFailedError(f"the edit made {name} non-finite")
@@ -278,7 +282,7 @@ class EditSession:
             update_norms=norms,
             times=times,
             loss_curves=_loss_curves(out),
-            info={k: v for k, v in out.info.items() if k not in ("target", "z")},
+            info={k: (v.detach().cpu() if k == "z" else v) for k, v in out.info.items() if k != "target"},
         )
 
     def _history_added(self, entry) -> None:

@@ -135,12 +135,25 @@ class AlphaEdit(MemitFamily):
         return self._basis[layer]
 
     def solve(self, layer: int, k: torch.Tensor) -> torch.Tensor:
-        u = self.basis(layer, k.device)
         if self.reduced:
+            u = self.basis(layer, k.device)
             return alphaedit_solve_reduced(u, k, self.core(layer, u))
         if layer not in self._projection:
+            u = self.basis(layer, k.device)
             self._projection[layer] = u @ u.T
-        return alphaedit_solve(self._projection[layer], k, self.previous_gram(layer, u), self.session.hp.L2)
+        p = self._projection[layer].to(k.device, k.dtype)
+        return alphaedit_solve(p, k, self.previous_gram(layer, p), self.session.hp.L2)
+
+    def use_reference_state(self, projections: torch.Tensor | None, cache_c: torch.Tensor | None) -> None:
+        """Solve the next edits with the reference's own state (its entry point passes both each call):
+        ``projections`` P (n_layers, d_ff, d_ff) and ``cache_c`` = K_pK_pᵀ (n_layers, d_ff, d_ff), in the
+        order of ``hp.layers``; None keeps fastedit's. Exact mode only: fast mode's r × r factor is
+        built from the session's own history."""
+        for i, layer in enumerate(self.session.hp.layers):
+            if projections is not None:
+                self._projection[layer] = projections[i]
+            if cache_c is not None:
+                self._prev[layer] = (self.session.edit_history.version(layer), cache_c[i].to(self.dtype).clone())
 
     def previous_gram(self, layer: int, like: torch.Tensor) -> torch.Tensor | None:
         """K_pK_pᵀ (d_ff, d_ff) of the active earlier edits in ``like``'s dtype and device (None before
@@ -149,7 +162,8 @@ class AlphaEdit(MemitFamily):
         if layer not in self._prev or self._prev[layer][0] != version:
             gram = self.session.edit_history.gram(layer)
             self._prev[layer] = (version, None if gram is None else gram.to(like.device, like.dtype))
-        return self._prev[layer][1]
+        gram = self._prev[layer][1]
+        return None if gram is None else gram.to(like.device, like.dtype)
 
     def core(self, layer: int, u: torch.Tensor) -> GrowingCholesky:
         """The factor of U_rᵀK_pK_pᵀU_r + L2·I_r, built from the history's Gram sum when missing."""
