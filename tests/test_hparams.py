@@ -60,7 +60,10 @@ def test_rrome_defaults():
 
 @pytest.mark.parametrize("folder,model", sorted(PRESET_SOURCES))
 def test_presets_load(folder, model):
-    cls = {"ROME": ROMEHyperParams, "MEMIT": MEMITHyperParams}[folder]
+    from fastedit.methods.registry import METHODS, method_names
+
+    method_names()  # every method registered
+    cls = next(m.hparams_class for m in METHODS.values() if m.hparams_class.PRESET_FOLDER == folder)
     hp = cls.preset(model)
     assert hp.layers
 
