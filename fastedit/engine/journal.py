@@ -2,7 +2,7 @@
 
 What undo needs and no more: per edit its requests (for saving), its updates as factors
 ``keys (d_ff, r)``, ``values (d_model, r)`` on the CPU, the keys it adds to its method's edit
-history (``{layer: (d_ff, n)}``, float32, for the methods that keep one), whether it is still active,
+history (``{layer: (d_ff, n)}``, for the methods that keep one), whether it is still active,
 and its phase times. Factors are stored in float32, or float64 for float64 weights: rounding them to float32
 changes ΔW by about 1e-7 of ΔW, far below the rounding of a float32/bf16/fp16 weight itself, and
 halves the memory of MEMIT's float64 factors (a 10,000-edit run of a 7B model keeps gigabytes).
@@ -38,7 +38,7 @@ class JournalEntry:
     updates: list[LowRankUpdate]
     active: bool = True
     times: dict[str, float] = field(default_factory=dict)
-    history: dict[int, torch.Tensor] = field(default_factory=dict)  # layer → keys (d_ff, n) float32
+    history: dict[int, torch.Tensor] = field(default_factory=dict)  # layer → keys (d_ff, n)
 
 
 class Journal:
@@ -59,8 +59,8 @@ class Journal:
 
     def record(self, requests: list[EditRequest], updates: list[LowRankUpdate], weight_dtypes: dict,
                times: dict[str, float], history: dict[int, torch.Tensor] | None = None) -> JournalEntry:
-        """Append an edit, its factors copied to the CPU in :func:`factor_dtype` of each weight and its
-        history keys in float32 (the precision of the activations they were read from)."""
+        """Append an edit, its factors and its history keys copied to the CPU in :func:`factor_dtype` of
+        each weight (float32 keys lose nothing: they were read from float32 activations)."""
         stored = []
         for u in updates:
             dtype = factor_dtype(weight_dtypes[u.weight_name])
@@ -68,7 +68,9 @@ class Journal:
                 u.weight_name, u.layer, u.keys_side.detach().to("cpu", dtype).contiguous(),
                 u.values_side.detach().to("cpu", dtype).contiguous(),
             ))
-        kept = {int(l): k.detach().to("cpu", torch.float32).contiguous() for l, k in (history or {}).items()}
+        layer_dtype = {u.layer: factor_dtype(weight_dtypes[u.weight_name]) for u in updates}
+        kept = {int(l): k.detach().to("cpu", layer_dtype.get(int(l), torch.float32)).contiguous()
+                for l, k in (history or {}).items()}
         entry = JournalEntry(self.next_id, list(requests), stored, True, dict(times), kept)
         self.entries.append(entry)
         self.next_id += 1

@@ -318,6 +318,7 @@ class EditSession:
         opts = {}
         if self.options.early_stop:
             opts["early_stop_patience"] = self.options.early_stop_patience
+            opts["early_stop_rule"] = self.options.early_stop_rule
         device = next(self.model.parameters()).device
         if self.options.low_precision:
             dtype = getattr(torch, self.options.low_precision_dtype)

@@ -340,7 +340,7 @@ def _check_entries(saved: SavedSession, sess, weights: dict) -> None:
                                  "which this session does not edit")
             rows = sess.adapter.key_size(sess.model, layer)
             check_tensor(k, f"{saved.path}: edit #{e.edit_id} history keys at layer {layer}",
-                         (rows, k.shape[1] if k.dim() == 2 else -1), (torch.float32,))
+                         (rows, k.shape[1] if k.dim() == 2 else -1), (factor_dtype(w.dtype),))
     next_id = saved.manifest["next_id"]
     if not isinstance(next_id, int) or next_id <= last:
         raise InputError(f"{saved.path}: next edit id {next_id!r} is not above the journal's last, #{last}")
