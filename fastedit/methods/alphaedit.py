@@ -59,13 +59,20 @@ class AlphaEditHyperParams(MEMITHyperParams):
         self._check_rules({"nullspace_threshold": _real(0, True), "L2": _real(0, True), "P_loc": _name(True)})
 
 
-def null_space_basis(c: torch.Tensor, threshold: float) -> torch.Tensor:
+def null_space_basis(c: torch.Tensor, threshold: float, by_svd: bool = True) -> torch.Tensor:
     """U_r (d_ff, r): the singular vectors of C = E[kkᵀ] (d_ff, d_ff) whose singular value is below
-    ``threshold`` (absolute, on the unscaled C, as the reference's ``get_project``), in C's dtype;
-    P = U_r U_rᵀ. C is symmetric, so its singular values are |eigenvalues| and ``eigh`` (several
-    times faster than the reference's SVD) spans the same subspace."""
-    evals, evecs = torch.linalg.eigh(c)
-    return evecs[:, evals.abs() < threshold].contiguous()
+    ``threshold`` (absolute, on the unscaled C), in C's dtype and device; P = U_r U_rᵀ.
+
+    ``by_svd``: the reference's ``get_project`` (``torch.linalg.svd``), which reproduces its P to the
+    last bit on the same device; otherwise ``eigh`` (C is symmetric: singular values = |eigenvalues|),
+    several times faster. Both span the same subspace; in float32, directions whose singular value
+    lies within rounding of the threshold are only determined to rounding, so the two P differ by up
+    to about 1e-4 where the spectrum is dense there."""
+    if by_svd:
+        u, s, _ = torch.linalg.svd(c, full_matrices=False)
+    else:
+        s, u = torch.linalg.eigh(c)
+    return u[:, s.abs() < threshold].contiguous()
 
 
 def alphaedit_solve(p: torch.Tensor, k: torch.Tensor, prev: torch.Tensor | None, l2: float) -> torch.Tensor:
@@ -123,8 +130,10 @@ class AlphaEdit(MemitFamily):
     def basis(self, layer: int, device) -> torch.Tensor:
         """U_r of ``layer`` (one SVD per layer and session, on the unedited model's statistics)."""
         if layer not in self._basis:
-            c = self.session.stats.second_moment(layer).to(device, self.dtype)
-            u = null_space_basis(c, self.session.hp.nullspace_threshold)
+            c = self.session.stats.second_moment(layer)
+            # exact mode: the reference's SVD where the statistics are (the reference: on the CPU)
+            u = null_space_basis(c.to(self.dtype), self.session.hp.nullspace_threshold, by_svd=not self.reduced)
+            u = u.to(device)
             if u.shape[1] == 0:
                 raise NumericalError(
                     f"layer {layer}: no singular value of the second moment is below nullspace_threshold "

@@ -189,6 +189,8 @@ def test_reduced_solve_equals_dense():
     u = null_space_basis(c, threshold)
     p = u @ u.T
     assert torch.allclose(p, plain.null_space_projection(c, threshold), atol=1e-12)
+    by_eigh = null_space_basis(c, threshold, by_svd=False)
+    assert torch.allclose(by_eigh @ by_eigh.T, p, atol=1e-12)
     prev = [torch.randn(d, 2, generator=gen, dtype=torch.float64) for _ in range(3)]
     core = GrowingCholesky(0.5 * torch.eye(u.shape[1], dtype=torch.float64))
     for kp in prev:
