@@ -1,4 +1,4 @@
-"""A real model: ROME and MEMIT edits of CounterFact records on SmolLM2-135M.
+"""A real model: ROME, MEMIT and EMMET edits of CounterFact records on SmolLM2-135M.
 
 SmolLM2-135M-Instruct is loaded offline from its PyPI package (converted once into the cache). The
 statistics come from the offline Wikipedia sample (30 articles of at most 512 tokens, to keep the
@@ -42,7 +42,7 @@ def greedy(model, tok, prompt, n=3):
     return tok.decode(ids[0, -n:])
 
 
-@pytest.mark.parametrize("method", ["rome", "memit"])
+@pytest.mark.parametrize("method", ["rome", "memit", "emmet"])
 @pytest.mark.parametrize("case", CASES)
 def test_counterfact_edit(method, case, smollm2, stats_dir, shared_data):
     model, tok = smollm2

@@ -131,7 +131,8 @@ class EmmetSolver:
                     raise NumericalError(f"layer {layer}: C is singular (zero pivot {int(info)}); the statistics "
                                          "are degenerate: recompute them from more text")
                 _check_conditioning(lu.diagonal(), 1, layer, "C", data_dtype)
-                f = torch.linalg.lu_solve(lu, piv, torch.eye(c.shape[0], dtype=c.dtype, device=c.device))
+                eye = torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+                f = torch.linalg.lu_solve(lu, piv, eye).contiguous()  # column-major out; rows read faster
             self.factors[layer] = f
         return self.factors[layer]
 
