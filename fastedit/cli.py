@@ -251,16 +251,6 @@ def cmd_stats(args) -> int:
     return run(args)
 
 
-def _preset_for(model: str) -> str:
-    name = Path(model).name.lower()
-    for preset in ("smollm2-135m", "gpt2-xl", "gpt-j-6b", "llama-3-8b"):
-        if preset in name:
-            return preset
-    from .errors import UsageError
-
-    raise UsageError(f"no preset matches model {model!r}: pass --hparams")
-
-
 def cmd_run(args) -> int:
     from .experiments.sequential import RunConfig, run_sequential
 

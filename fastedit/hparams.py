@@ -351,6 +351,14 @@ class HyperParams:
             raise HyperParamsError(f"no {cls.METHOD} preset for {model!r}; presets: {', '.join(have)}")
         return cls.from_json(path)
 
+    @classmethod
+    def preset_for(cls, model_name: str) -> str | None:
+        """The name of this method's shipped preset that ``model_name`` (a hub id or a folder) names,
+        the longest match first, or None."""
+        name = str(model_name).lower().replace("_", "-")
+        stems = sorted((p.stem for p in (PRESET_DIR / cls.PRESET_FOLDER).glob("*.json")), key=len, reverse=True)
+        return next((s for s in stems if s in name), None)
+
     def to_dict(self) -> dict[str, Any]:
         """The hyperparameters as one flat mapping (EasyEdit's run-time keys among them, when read from
         its file), which :meth:`from_dict` reads back."""

@@ -163,7 +163,7 @@ class EditSession:
         self.method_class = get_method(method)
         self.method = self.method_class.name
         if hparams is None:
-            hparams = _default_preset(model)
+            hparams = _default_preset(model, self.method_class.hparams_class)
         self.hp = load_hparams(self.method, hparams).resolve(self.adapter, model)
         self._validate_hparams()
         if tok.pad_token is None:
@@ -427,11 +427,11 @@ def _loss_curves(out: MethodOutput) -> list[list[float]]:
     return curves
 
 
-def _default_preset(model) -> str:
+def _default_preset(model, hparams_class) -> str:
     name = str(getattr(model.config, "_name_or_path", "") or "").lower()
-    for preset in ("smollm2-135m", "gpt2-xl", "gpt-j-6b", "llama-3-8b"):
-        if preset in name.replace("_", "-"):
-            return preset
+    preset = hparams_class.preset_for(name)
+    if preset is not None:
+        return preset
     raise HyperParamsError(
         f"no hparams given and no preset matches model {name!r}; pass hparams= (a preset name or a JSON file)"
     )

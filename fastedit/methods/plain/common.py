@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["subject_index", "read_second_moment", "optimise", "reprs", "module", "orient"]
+__all__ = ["subject_index", "read_second_moment", "optimise", "reprs", "module", "orient", "target_z", "layer_keys",
+           "current_z"]
 
 
 def module(model, name):
@@ -181,3 +182,37 @@ def optimise(model, tok, request, hp, layer, templates, site, nll_from, prob_cut
 def orient(upd, w):
     """A (d_ff, d_model) update in the weight's layout."""
     return upd if upd.shape == w.shape else upd.T
+
+
+def target_z(model, tok, requests, hp, flat, **options) -> torch.Tensor:
+    """The MEMIT family's compute_z for every request, one at a time: Z (d_model, n). ``options`` go
+    to :func:`optimise` (ENCORE's ``prob_cutoff``)."""
+    top = hp["layers"][-1]
+    site = hp["layer_module_tmp"].format(top)
+    return torch.stack([sum(optimise(model, tok, r, hp, top, flat, site, "loss_layer", **options)) for r in requests], 1)
+
+
+def layer_keys(model, tok, requests, hp, groups, layer) -> torch.Tensor:
+    """compute_ks: K (d_ff, n), each request's key at ``layer`` averaged within each template group,
+    then across the groups."""
+    flat = [t for g in groups for t in g]
+    rule = hp.get("subject_index_rule", "additive")
+    ctx = [t.format(r["prompt"]) for r in requests for t in flat]
+    words = [r["subject"] for r in requests for _ in flat]
+    idx = [subject_index(tok, c, w, hp["fact_token"], rule) for c, w in zip(ctx, words)]
+    ks, _ = reprs(model, tok, [c.format(w) for c, w in zip(ctx, words)], idx, hp["rewrite_module_tmp"].format(layer))
+    starts = np.cumsum([0] + [len(g) for g in groups])
+    per_req = []
+    for j in range(len(requests)):
+        block = ks[j * len(flat) : (j + 1) * len(flat)]
+        per_req.append(torch.stack([block[a:b].mean(0) for a, b in zip(starts[:-1], starts[1:])]).mean(0))
+    return torch.stack(per_req, 1)
+
+
+def current_z(model, tok, requests, hp) -> torch.Tensor:
+    """The block output of the last edit layer at each bare prompt's lookup token: (d_model, n)."""
+    rule = hp.get("subject_index_rule", "additive")
+    bare = [subject_index(tok, r["prompt"], r["subject"], hp["fact_token"], rule) for r in requests]
+    texts = [r["prompt"].format(r["subject"]) for r in requests]
+    return reprs(model, tok, texts, bare, hp["layer_module_tmp"].format(hp["layers"][-1]))[1].T
+

@@ -12,10 +12,9 @@ with ``torch.inverse`` for C⁻¹ and D⁻¹, and ``torch.linalg.pinv`` when inv
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from .common import module as _module, optimise as _optimise, orient as _orient, reprs as _reprs, subject_index
+from .common import current_z, layer_keys, module as _module, orient as _orient, target_z
 
 __all__ = ["emmet"]
 
@@ -32,30 +31,13 @@ def emmet(model, tok, requests, hp, groups, second_moment, record=None):
     layer's share of R (d_model, n)}.
     """
     hp = {**EMMET_DEFAULTS, **hp}
-    rule = hp["subject_index_rule"]
     flat = [t for g in groups for t in g]
-    L = hp["layers"][-1]
-    zs = []
-    for r in requests:
-        v_init, delta = _optimise(model, tok, r, hp, L, flat, hp["layer_module_tmp"].format(L), "loss_layer")
-        zs.append(v_init + delta)
-    Z = torch.stack(zs, 1)
+    Z = target_z(model, tok, requests, hp, flat)
     deltas = {}
     for i, layer in enumerate(hp["layers"]):
         name = hp["rewrite_module_tmp"].format(layer)
-        ctx = [t.format(r["prompt"]) for r in requests for t in flat]
-        words = [r["subject"] for r in requests for _ in flat]
-        idx = [subject_index(tok, c, w, hp["fact_token"], rule) for c, w in zip(ctx, words)]
-        ks, _ = _reprs(model, tok, [c.format(w) for c, w in zip(ctx, words)], idx, name)
-        starts = np.cumsum([0] + [len(g) for g in groups])
-        per_req = []
-        for j in range(len(requests)):
-            block = ks[j * len(flat) : (j + 1) * len(flat)]
-            per_req.append(torch.stack([block[a:b].mean(0) for a, b in zip(starts[:-1], starts[1:])]).mean(0))
-        K = torch.stack(per_req, 1).double()  # (d_ff, n)
-        bare = [subject_index(tok, r["prompt"], r["subject"], hp["fact_token"], rule) for r in requests]
-        _, cur = _reprs(model, tok, [r["prompt"].format(r["subject"]) for r in requests], bare, hp["layer_module_tmp"].format(L))
-        R = (Z - cur.T).double()
+        K = layer_keys(model, tok, requests, hp, groups, layer).double()  # (d_ff, n)
+        R = (Z - current_z(model, tok, requests, hp)).double()
 
         cov = second_moment(layer).double()
         if hp["mom2_update_weight"] != 1:

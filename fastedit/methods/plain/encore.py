@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from .common import module as _module, optimise as _optimise, orient as _orient, reprs as _reprs, subject_index
+from .common import current_z, layer_keys, module as _module, orient as _orient, target_z
 
 __all__ = ["encore"]
 
@@ -22,31 +21,12 @@ def encore(model, tok, requests, hp, groups, second_moment, seq_cache, history_d
     """
     hp = {**hp, "subject_index_rule": "concat", "strip_target_bos": True}
     flat = [t for g in groups for t in g]
-    L = hp["layers"][-1]
-    zs = []
-    for r in requests:
-        v_init, delta = _optimise(model, tok, r, hp, L, flat, hp["layer_module_tmp"].format(L), "loss_layer",
-                                  prob_cutoff=hp["prob_cutoff"])
-        zs.append(v_init + delta)
-    Z = torch.stack(zs, 1)
+    Z = target_z(model, tok, requests, hp, flat, prob_cutoff=hp["prob_cutoff"])
     deltas = {}
     for i, layer in enumerate(hp["layers"]):
         name = hp["rewrite_module_tmp"].format(layer)
-        ctx, words = [], []
-        for r in requests:
-            ctx += [t.format(r["prompt"]) for t in flat]
-            words += [r["subject"]] * len(flat)
-        idx = [subject_index(tok, c, w, hp["fact_token"], "concat") for c, w in zip(ctx, words)]
-        ks, _ = _reprs(model, tok, [c.format(w) for c, w in zip(ctx, words)], idx, name)
-        starts = np.cumsum([0] + [len(g) for g in groups])
-        per_req = []
-        for j in range(len(requests)):
-            block = ks[j * len(flat) : (j + 1) * len(flat)]
-            per_req.append(torch.stack([block[a:b].mean(0) for a, b in zip(starts[:-1], starts[1:])]).mean(0))
-        K = torch.stack(per_req, 1)
-        bare = [subject_index(tok, r["prompt"], r["subject"], hp["fact_token"], "concat") for r in requests]
-        _, cur = _reprs(model, tok, [r["prompt"].format(r["subject"]) for r in requests], bare, hp["layer_module_tmp"].format(L))
-        K, R = K.double(), (Z - cur.T).double()
+        K = layer_keys(model, tok, requests, hp, groups, layer)
+        K, R = K.double(), (Z - current_z(model, tok, requests, hp)).double()
         cov = second_moment(layer).double() * hp["mom2_update_weight"]
         cov = cov + hp["update_norm_lambda"] * torch.eye(cov.shape[0], dtype=cov.dtype)
         if layer in seq_cache and hp["sequential"] and hp["add_prev_edits"]:
