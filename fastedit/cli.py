@@ -98,6 +98,22 @@ def _parser() -> argparse.ArgumentParser:
 
     _stats_arguments(s)
 
+    _add_run_parser(sub, methods)
+
+    pl = sub.add_parser("plot", help="redraw the plots of a run directory")
+    pl.add_argument("run_dir")
+
+    c = sub.add_parser("compare", help="draw several run directories (e.g. one per method) into one figure and one table")
+    c.add_argument("run_dirs", nargs="+", help="run directories written by `fastedit run`")
+    c.add_argument("--out", required=True, help="folder for compare.png and compare.md")
+    c.add_argument("--title", default=None)
+
+    sub.add_parser("presets", help="list the shipped hyperparameter presets")
+    return ap
+
+
+def _add_run_parser(sub, methods: list[str]) -> None:
+    """``fastedit run``: its options."""
     r = sub.add_parser("run", help="a sequential scaling run: N edits with forgetting, downstream ability and norms measured")
     r.add_argument("--model", default="smollm2-135m", help="fastedit name (smollm2-135m), local folder or hub id")
     r.add_argument("--method", default="memit", choices=methods)
@@ -131,17 +147,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop at the first checkpoint after this many minutes (the same command goes on later)")
     r.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads")
     _add_stats_args(r)
-
-    pl = sub.add_parser("plot", help="redraw the plots of a run directory")
-    pl.add_argument("run_dir")
-
-    c = sub.add_parser("compare", help="draw several run directories (e.g. one per method) into one figure and one table")
-    c.add_argument("run_dirs", nargs="+", help="run directories written by `fastedit run`")
-    c.add_argument("--out", required=True, help="folder for compare.png and compare.md")
-    c.add_argument("--title", default=None)
-
-    sub.add_parser("presets", help="list the shipped hyperparameter presets")
-    return ap
 
 
 def _device(arg: str | None) -> str:

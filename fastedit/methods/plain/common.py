@@ -81,14 +81,10 @@ def read_second_moment(path) -> torch.Tensor:
     return (torch.from_numpy(d["mom2.mom2"]) / int(d["mom2.count"])).float()
 
 
-def optimise(model, tok, request, hp, layer, templates, site, nll_from, prob_cutoff=None):
-    """compute_v / compute_z: returns (v_init, delta); δ is float64 on float64 models, else float32.
-
-    ``prob_cutoff`` (ENCORE's compute_z; None or 0: off): before each backward, negative −n stops once
-    every target token of every rewrite prompt but the first (the bare ``"{}"`` one) has been the
-    argmax at n passes (a counter never reset); positive p stops once the mean over rewrite prompts
-    of exp(−NLL) exceeds p."""
-    device = next(model.parameters()).device
+def _rewrite_batch(tok, request, hp, templates, device):
+    """The rewrite prompts (one per template, the target but its last token appended) and the KL
+    prompt, padded: (ids, mask, targets (n_rewrite, length) with -100 off the target, lookup index
+    of every prompt, number of target tokens)."""
     target = request["target_new"] if request["target_new"].startswith(" ") else " " + request["target_new"]
     target_ids = tok(target)["input_ids"]
     if hp.get("strip_target_bos") and target_ids and target_ids[0] in (tok.bos_token_id, tok.unk_token_id):
@@ -102,6 +98,28 @@ def optimise(model, tok, request, hp, layer, templates, site, nll_from, prob_cut
         n = int(mask[i].sum())
         targets[i, n - T : n] = torch.tensor(target_ids, device=device)
     lookup = [subject_index(tok, p, request["subject"], hp["fact_token"], hp.get("subject_index_rule", "additive")) for p in all_prompts]
+    return ids, mask, targets, lookup, T
+
+
+def _most_probable_stop(prob_cutoff, lp, targets, nll_each, n_right):
+    """ENCORE's stop, checked before each backward: (stop, passes counted so far)."""
+    if prob_cutoff < 0:
+        rows = targets[1:] != -100
+        n_right += bool((lp[1:].argmax(2) == targets[1:])[rows].all())  # all() of nothing is true
+        return n_right == abs(prob_cutoff), n_right
+    return torch.exp(-nll_each).mean().item() > prob_cutoff, n_right
+
+
+def optimise(model, tok, request, hp, layer, templates, site, nll_from, prob_cutoff=None):
+    """compute_v / compute_z: returns (v_init, delta); δ is float64 on float64 models, else float32.
+
+    ``prob_cutoff`` (ENCORE's compute_z; None or 0: off): before each backward, negative −n stops once
+    every target token of every rewrite prompt but the first (the bare ``"{}"`` one) has been the
+    argmax at n passes (a counter never reset); positive p stops once the mean over rewrite prompts
+    of exp(−NLL) exceeds p."""
+    device = next(model.parameters()).device
+    ids, mask, targets, lookup, T = _rewrite_batch(tok, request, hp, templates, device)
+    n_rewrite = targets.shape[0]
     loss_layer = max(hp["v_loss_layer"], layer)
     cfg = model.config
     d = getattr(cfg, "n_embd", None) or cfg.hidden_size
@@ -139,16 +157,16 @@ def optimise(model, tok, request, hp, layer, templates, site, nll_from, prob_cut
             finally:
                 h1.remove()
                 h2.remove()
-            kl_lp = torch.log_softmax(logits[len(rewriting), lookup[-1]][None], dim=1)
+            kl_lp = torch.log_softmax(logits[n_rewrite, lookup[-1]][None], dim=1)
             if kl_init is None:
                 kl_init = kl_lp.detach().clone()
             if nll_from == "logits":
-                lp = torch.log_softmax(logits[: len(rewriting)], dim=2)
+                lp = torch.log_softmax(logits[:n_rewrite], dim=2)
             else:
                 ln_f = module(model, hp["ln_f_module"])
                 head = module(model, hp["lm_head_module"])
                 bias = head.bias if getattr(head, "bias", None) is not None else 0.0
-                lp = torch.log_softmax(ln_f(kept["h"][: len(rewriting)]) @ head.weight.T + bias, dim=2)
+                lp = torch.log_softmax(ln_f(kept["h"][:n_rewrite]) @ head.weight.T + bias, dim=2)
             picked = torch.gather(lp, 2, torch.where(targets != -100, targets, 0)[:, :, None])[:, :, 0]
             m = (targets != -100).to(picked.dtype)
             nll_each = -(picked * m).sum(1) / T
@@ -156,13 +174,10 @@ def optimise(model, tok, request, hp, layer, templates, site, nll_from, prob_cut
             kl = hp["kl_factor"] * torch.nn.functional.kl_div(kl_init, kl_lp, log_target=True, reduction="batchmean")
             wd = hp["v_weight_decay"] * (torch.norm(delta) / torch.norm(state["init"]) ** 2)
             loss = nll + kl + wd
-            if prob_cutoff and prob_cutoff < 0:
-                rows = targets[1:] != -100
-                n_right += bool((lp[1:].argmax(2) == targets[1:])[rows].all())  # all() of nothing is true
-                if n_right == abs(prob_cutoff):
+            if prob_cutoff:
+                stop, n_right = _most_probable_stop(prob_cutoff, lp, targets, nll_each, n_right)
+                if stop:
                     break
-            if prob_cutoff and prob_cutoff > 0 and torch.exp(-nll_each).mean().item() > prob_cutoff:
-                break
             if loss.item() < 5e-2:
                 break
             if it == hp["v_num_grad_steps"] - 1:
