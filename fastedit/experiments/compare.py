@@ -40,8 +40,10 @@ def _score(c: dict, group: str, metric: str):
 
 
 def _glue_mean(c: dict):
-    tasks = [m for m in (c.get("downstream") or {}).values() if isinstance(m, dict)]
-    vals = [m.get("mcc", m.get("f1", m.get("accuracy"))) for m in tasks]
+    """The mean over the GLUE tasks of each one's usual metric (CoLA: MCC; F1 where reported, else
+    accuracy), as the run's own downstream plot shows them."""
+    tasks = {t: m for t, m in (c.get("downstream") or {}).items() if isinstance(m, dict)}
+    vals = [m.get("mcc") if t == "cola" else m.get("f1", m.get("accuracy")) for t, m in tasks.items()]
     vals = [v for v in vals if v is not None]
     return sum(vals) / len(vals) if vals else None
 

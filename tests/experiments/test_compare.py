@@ -20,7 +20,7 @@ def fake_run(folder, method, efficacy, partial_last_line=False):
             "latest_edits": {"rewrite_success": eff, "paraphrase_success": eff / 2, "neighborhood_success": 0.8},
             "all_edits": {"rewrite_success": eff - 0.1, "paraphrase_success": eff / 2, "neighborhood_success": 0.7},
             "generation_entropy": 6.0 - i,
-            "downstream": {"sst2": {"accuracy": 0.6}, "cola": {"mcc": 0.2}, "n": 4},
+            "downstream": {"sst2": {"accuracy": 0.6, "mcc": 0.1}, "cola": {"mcc": 0.2, "accuracy": 0.5}, "n": 4},
             "norm_growth": {"a.weight": {"relative": 0.01 * (i + 1)}, "b.weight": {"relative": 0.03 * (i + 1)}},
         }))
     text = "\n".join(lines) + "\n" + ('{"edits": 4' if partial_last_line else "")
