@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import current_z, layer_keys, module as _module, orient as _orient, target_z
+from .common import add_update, current_z, layer_keys, target_z
 
 __all__ = ["alphaedit", "null_space_projection"]
 
@@ -38,11 +38,7 @@ def alphaedit(model, tok, requests, hp, groups, projections, cache_c):
         P, Cp = projections[layer].to(K.dtype), cache_c[layer].to(K.dtype)
         eye = torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
         upd = torch.linalg.solve(P @ (K @ K.T + Cp) + hp["L2"] * eye, P @ K @ resid.T)  # (d_ff, d_model)
-        w = _module(model, name).weight
-        upd = _orient(upd, w)
-        with torch.no_grad():
-            w += upd.to(w.dtype)
-        deltas[name + ".weight"] = upd
+        add_update(model, name, upd, deltas)
     for layer in hp["layers"]:
         K = layer_keys(model, tok, requests, hp, groups, layer)
         cache_c[layer] += (K @ K.T).to(cache_c[layer].dtype)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["subject_index", "read_second_moment", "optimise", "reprs", "module", "orient", "target_z", "layer_keys",
+__all__ = ["subject_index", "read_second_moment", "optimise", "reprs", "module", "orient", "add_update", "target_z", "layer_keys",
            "current_z"]
 
 
@@ -197,6 +197,16 @@ def optimise(model, tok, request, hp, layer, templates, site, nll_from, prob_cut
 def orient(upd, w):
     """A (d_ff, d_model) update in the weight's layout."""
     return upd if upd.shape == w.shape else upd.T
+
+
+def add_update(model, name, upd, deltas) -> None:
+    """W += ΔW for module ``name``, ΔW (d_ff, d_model) put in the weight's layout and cast to its dtype
+    (as the references add it); ``deltas[name + ".weight"]`` records ΔW in that layout."""
+    w = module(model, name).weight
+    upd = orient(upd, w)
+    with torch.no_grad():
+        w += upd.to(w.dtype)
+    deltas[name + ".weight"] = upd
 
 
 def target_z(model, tok, requests, hp, flat, **options) -> torch.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import current_z, layer_keys, module as _module, orient as _orient, target_z
+from .common import add_update, current_z, layer_keys, target_z
 
 __all__ = ["emmet"]
 
@@ -55,11 +55,7 @@ def emmet(model, tok, requests, hp, groups, second_moment, record=None):
         adj = (d_inv @ K.T @ c_inv).T  # (d_ff, n)
 
         resid = R / (len(hp["layers"]) - i)
-        w = _module(model, name).weight
-        upd = _orient((resid @ adj.T).T, w)
-        with torch.no_grad():
-            w += upd.to(w.dtype)
-        deltas[name + ".weight"] = upd
+        add_update(model, name, (resid @ adj.T).T, deltas)
         if record is not None:
             record[name + ".weight"] = {"pseudo_inverse": pinv, "keys": K, "resid": resid}
     return deltas

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import current_z, layer_keys, module as _module, orient as _orient, target_z
+from .common import add_update, current_z, layer_keys, target_z
 
 __all__ = ["encore"]
 
@@ -35,9 +35,5 @@ def encore(model, tok, requests, hp, groups, second_moment, seq_cache, history_d
         seq_cache[layer] = seq_cache.get(layer, 0) + kept @ kept.T  # this call's keys, unscaled, for the next
         adj = torch.linalg.solve(cov + K @ K.T, K)
         resid = R / (len(hp["layers"]) - i)
-        w = _module(model, name).weight
-        upd = _orient((resid @ adj.T).T, w)
-        with torch.no_grad():
-            w += upd.to(w.dtype)
-        deltas[name + ".weight"] = upd
+        add_update(model, name, (resid @ adj.T).T, deltas)
     return deltas

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import current_z, layer_keys, module as _module, orient as _orient, target_z
+from .common import add_update, current_z, layer_keys, target_z
 
 __all__ = ["memit"]
 
@@ -21,9 +21,5 @@ def memit(model, tok, requests, hp, groups, second_moment):
         C = second_moment(layer).double()
         adj = torch.linalg.solve(hp["mom2_update_weight"] * C + K @ K.T, K)
         resid = R / (len(hp["layers"]) - i)
-        w = _module(model, name).weight
-        upd = _orient((resid @ adj.T).T, w)
-        with torch.no_grad():
-            w += upd.to(w.dtype)
-        deltas[name + ".weight"] = upd
+        add_update(model, name, (resid @ adj.T).T, deltas)
     return deltas

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import module as _module, optimise as _optimise, orient as _orient, reprs as _reprs, subject_index
+from .common import add_update, optimise as _optimise, reprs as _reprs, subject_index
 
 __all__ = ["rome"]
 
@@ -39,9 +39,5 @@ def rome(model, tok, request, hp, templates, second_moment, variant="rome", u_fr
             k, cur = k[0], cur[0]
             goal = cur + delta if variant == "prompt" else v_init + delta
             right = (goal - cur) / torch.dot(k, u)
-        w = _module(model, name).weight
-        upd = _orient(torch.outer(u, right), w)
-        with torch.no_grad():
-            w += upd.to(w.dtype)
-        deltas[name + ".weight"] = upd
+        add_update(model, name, torch.outer(u, right), deltas)
     return deltas
