@@ -177,6 +177,14 @@ def run_throughput(args) -> dict:
         "max_rel_update_error": max(errs) if errs else None,
         "median_rel_update_error": statistics.median(errs) if errs else None,
         "phase_seconds_per_edit": phase_mean,
+        # with compile_step, an edit whose step shape is new compiles it (target/compile, inside
+        # target/forward): compile time apart from the steady state, the edits that compiled left out
+        "first_edit_s": fe_times[0],
+        "compile_s": sum(p.get("target/compile", 0.0) for p in phases),
+        "edits_that_compiled": sum(1 for p in phases if "target/compile" in p),
+        "step_programs_built": sess._programs.built,
+        "steady_median_s_per_edit": statistics.median([t for t, p in zip(fe_times, phases) if "target/compile" not in p]
+                                                      or [float("nan")]),
         # templates, tokenisation, prefix, keys, solve and weight update: what runs outside the
         # optimisation step, as a share of the edit's wall time
         "outside_step_share": sum(phase_mean.get(k, 0.0) for k in OUTSIDE_STEP) / phase_mean["total"]

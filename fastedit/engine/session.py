@@ -26,6 +26,7 @@ from ..errors import InputError
 from ..hparams import HyperParams, HyperParamsError, load_hparams
 from ..methods.base import LowRankUpdate, MethodOutput, apply_update
 from ..methods.registry import get_method
+from ..methods.stepping import StepPrograms
 from ..models.adapters import get_adapter, get_module
 from ..models.precision import LowPrecisionWeights, cpu_has_native_bf16
 from ..profiling import PhaseTimer, region
@@ -64,11 +65,17 @@ class FastOptions:
       and slower.
     * ``compensated_update``: bf16/fp16 edited weights get a float32 compensation buffer, so small
       updates are not lost to rounding over thousands of edits.
-    * ``cuda_graph``: on GPUs the optimisation step (forward, loss, backward, Adam) is captured once
-      per edit as a CUDA graph and replayed, the stop flag read every few steps
-      (:func:`fastedit.methods.target.compute_target_values`). It changes only rounding (Adam's
+    * ``cuda_graph``: on GPUs the optimisation step (forward, loss, backward, Adam) is captured as a
+      CUDA graph and replayed, the stop flag read every few steps
+      (:func:`fastedit.methods.target.compute_target_values`). The session keeps each graph and
+      replays it for every later edit of the same shapes (prompt lengths are padded, masked, to a
+      few sizes), so it is captured once per shape, not per edit. It changes only rounding (Adam's
       capturable form); exact mode keeps the eager loop unless asked (``options={"cuda_graph": True}``).
       Ignored on CPUs.
+    * ``compile_step``: the same static step with the layers above the edit layer, the final norm and
+      the heads through ``torch.compile``, compiled once per shape and kept by the session (the first
+      edit of each shape pays the compile, timed as ``target/compile``). Off by default: on the CPUs
+      measured it gains little against the compile time (see the README's Performance section).
     """
 
     early_stop: bool = False
@@ -78,6 +85,7 @@ class FastOptions:
     low_precision_dtype: str = "bfloat16"
     compensated_update: bool = False
     cuda_graph: bool = False
+    compile_step: bool = False
 
     def __post_init__(self) -> None:
         from ..methods.target import STOP_RULES
@@ -182,6 +190,7 @@ class EditSession:
         self._base: dict[str, torch.Tensor] = {}  # original edited weights, on the CPU
         self._comp: dict[str, torch.Tensor] = {}  # compensation buffers of low-precision weights
         self._low_precision: LowPrecisionWeights | None = None  # bf16 weight copies (fast mode, CPU)
+        self._programs = StepPrograms()  # compiled or captured optimisation steps, kept across edits
         self.journal = Journal()
         self.edit_history = EditHistory(self.journal)
         self.editor = self.method_class(self)  # the method's state in this session
@@ -330,6 +339,10 @@ class EditSession:
                 opts["low_precision_weights"] = self._low_precision
         if self.options.cuda_graph and device.type == "cuda":
             opts["cuda_graph"] = True
+        if self.options.compile_step:
+            opts["compile_step"] = True
+        if opts.get("cuda_graph") or opts.get("compile_step"):
+            opts["programs"] = self._programs
         return opts
 
     # ------------------------------------------------------------------ journal

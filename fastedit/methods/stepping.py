@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -28,7 +29,8 @@ from ..profiling import region
 from .keys import TokenBatch
 from .suffix import SuffixLayout
 
-__all__ = ["PromptSet", "UpperStack", "upper_stack", "run_static", "GRAPH_WARMUP", "GRAPH_CHECK_EVERY"]
+__all__ = ["PromptSet", "UpperStack", "upper_stack", "run_static", "bucket", "StepProgram", "StepPrograms", "GRAPH_WARMUP",
+           "GRAPH_CHECK_EVERY"]
 
 GRAPH_WARMUP = 3  # eager steps before a CUDA graph is captured (cuBLAS and autograd set up lazily)
 GRAPH_CHECK_EVERY = 4  # a static loop reads the stop flag once every this many steps
@@ -89,11 +91,17 @@ class UpperStack:
         self.layers = model_stack(model, adapter, layer + 1)  # fastedit's own forward, or transformers' modules
         self.layout = self.cache = self.attention_mask = None
 
-    def place(self, prompts: PromptSet, hidden: torch.Tensor, pack: bool, boolean_mask: bool) -> None:
-        """Lay out the rows: the suffixes over a prefix cache (``pack``) or the padded prompts whole."""
+    def place(self, prompts: PromptSet, hidden: torch.Tensor, pack: bool, boolean_mask: bool,
+              bucketed: bool = False) -> None:
+        """Lay out the rows: the suffixes over a prefix cache (``pack``) or the padded prompts whole.
+        ``bucketed``: prefix and suffix columns, labels and the rotary table padded to :func:`bucket`
+        sizes (masked, weight 0), so that edits of similar lengths share one :class:`StepProgram`."""
         dev, lengths = hidden.device, prompts.batch.lengths.tolist()
         t = lambda x: torch.tensor(x, device=dev)  # noqa: E731
-        look_p, lab_p, lab_pos = t(list(range(len(prompts.lookup)))), t(prompts.lab_prompt), t(prompts.lab_pos)
+        n_lab = len(prompts.lab_ids)
+        pad = bucket(n_lab) - n_lab if bucketed else 0
+        lab_p, lab_pos = t(prompts.lab_prompt + [0] * pad), t(prompts.lab_pos + [prompts.lookup[0]] * pad)
+        look_p = t(list(range(len(prompts.lookup))))
         kl_p, look_pos = t(prompts.kl), t(prompts.lookup)
         self.look_req = t(prompts.owner)
         if pack:
@@ -101,9 +109,12 @@ class UpperStack:
             for i, r in enumerate(prompts.owner):
                 rows[r].append(i)
             self.layout = SuffixLayout.build(lengths, prompts.lookup, hidden.shape[1], dev, self.run_dtype,
-                                             boolean_mask=boolean_mask, bins=rows)
+                                             boolean_mask=boolean_mask, bins=rows, size=bucket if bucketed else None)
             flat = hidden.reshape(-1, hidden.shape[-1])
             self.cache = self.layout.prefix_cache(self.layers, flat.to(self.run_dtype))
+            if bucketed and self.cache.rope_table is not None:  # rows past the last position are never read
+                self.cache.rope_table = tuple(F.pad(x, (0, 0, 0, bucket(x.shape[0]) - x.shape[0]))
+                                              for x in self.cache.rope_table)
             self.base = flat[self.layout.suf_index]  # (rows, Q, d)
             self.look_r, self.look_c = self.layout.slot_row, self.layout.slot_start
             self.lab_r, self.lab_c = self.layout.slots(lab_p, lab_pos)
@@ -117,10 +128,12 @@ class UpperStack:
             self.kl_r, self.kl_c = kl_p, look_pos[kl_p]
             self.row_owner = self.look_req
         o = self.out_dev
-        self.lab_ids, self.lab_req = t(prompts.lab_ids).to(o), t(prompts.lab_req).to(o)
-        self.lab_w = torch.tensor(prompts.lab_w, dtype=torch.float64, device=o)
+        lab_req = t(prompts.lab_req + [0] * pad)
+        self.lab_ids, self.lab_req = t(prompts.lab_ids + [0] * pad).to(o), lab_req.to(o)
+        self.lab_w = torch.tensor(prompts.lab_w + [0.0] * pad, dtype=torch.float64, device=o)
+        self.lab_valid = (torch.arange(n_lab + pad, device=o) < n_lab)
         self.lab_prompt, self.n_prompts = lab_p.to(o), len(prompts.lookup)
-        self.lab_bare = (t(prompts.bare)[t(prompts.lab_req)] == lab_p).to(o)
+        self.lab_bare = (t(prompts.bare)[lab_req] == lab_p).to(o)
 
     def _run(self, h: torch.Tensor, capture: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Layers above the edit layer over the rows ``h`` (rows, L, d) → (the last hidden state after
@@ -165,7 +178,7 @@ class UpperStack:
         sel = keep_req.to(o)[self.lab_req]
         self.lab_r, self.lab_c = row_new[self.lab_r[sel.to(row_new.device)]], self.lab_c[sel.to(self.lab_c.device)]
         self.lab_ids, self.lab_w, self.lab_req = self.lab_ids[sel], self.lab_w[sel], req_new.to(o)[self.lab_req[sel]]
-        self.lab_prompt, self.lab_bare = self.lab_prompt[sel], self.lab_bare[sel]
+        self.lab_prompt, self.lab_bare, self.lab_valid = self.lab_prompt[sel], self.lab_bare[sel], self.lab_valid[sel]
         self.kl_r, self.kl_c = row_new[self.kl_r[keep_req]], self.kl_c[keep_req]
         self.base, self.row_owner = self.base[row_keep], req_new[self.row_owner[row_keep]]
         if self.layout is not None:
@@ -175,15 +188,36 @@ class UpperStack:
             self.attention_mask = self.attention_mask[row_keep]
 
 
+    def buffers(self) -> list[torch.Tensor]:
+        """Every tensor a step reads, in a fixed order (a :class:`StepProgram` copies a later stack's
+        into its own); empty when the rows run through transformers' modules and their cache objects."""
+        if self.cache is not None and self.cache.module_cache is not None:
+            return []
+        own = [self.base, self.look_r, self.look_c, self.look_req, self.lab_r, self.lab_c, self.lab_ids, self.lab_req,
+               self.lab_w, self.lab_prompt, self.lab_bare, self.lab_valid, self.kl_r, self.kl_c, self.row_owner]
+        if self.layout is None:
+            return own + [self.attention_mask]
+        c = self.cache
+        return own + [self.layout.suf_pos, self.layout.suf_mask, c.positions, *c.keys, *c.values, *(c.rope_table or ())]
+
+    def signature(self) -> tuple:
+        """What a step's code depends on besides the buffers' values: their shapes, dtypes and
+        devices, where the loss is read, the precision it runs in."""
+        shapes = tuple((tuple(x.shape), x.dtype, x.device) for x in self.buffers())
+        return shapes, self.layer, self.loss_layer, self.read_loss_layer, self.nll_from, self.run_dtype, \
+            type(self.layers).__name__, getattr(self.autocast, "fast_dtype", None), self.layout is None
+
+
 @contextlib.contextmanager
 def upper_stack(
     model, adapter: ModelAdapter, hp, prompts: PromptSet, layer: int, delta_site: str, nll_from: str,
     pack: bool = True, autocast_dtype=None, low_precision_weights: LowPrecisionWeights | None = None,
+    bucketed: bool = False,
 ) -> Iterator[tuple[UpperStack, torch.Tensor]]:
     """The pass below the edit layer (δ = 0), once, then the :class:`UpperStack` above it; yields
     (stack, v_init (n, d) in the model's dtype: the δ site's output at each bare prompt's lookup
     token). With ``low_precision_weights`` the upper layers, final norm and heads run on their
-    low-precision copies for as long as the context is open."""
+    low-precision copies for as long as the context is open. ``bucketed``: see :meth:`UpperStack.place`."""
     mlp_name = hp.mlp_module_tmp.format(layer)
     block_name = hp.layer_module_tmp.format(layer)
     batch = prompts.batch
@@ -210,39 +244,39 @@ def upper_stack(
     stack = UpperStack(model, adapter, hp, layer, nll_from, run_dtype, autocast)
     with swap:
         with region("target/prefix"):
-            stack.place(prompts, hidden, pack and stack.layers.packs, boolean_mask=True)
+            stack.place(prompts, hidden, pack and stack.layers.packs, boolean_mask=True, bucketed=bucketed)
         yield stack, v_init
 
 
-def run_static(forward_loss, backward_update, n_iter: int, active, use_graph: bool, sync_stop: bool) -> int:
+def run_static(forward_loss, backward_update, n_iter: int, active, use_graph: bool, sync_stop: bool,
+               program: "StepProgram | None" = None) -> int:
     """The optimisation as one static step (forward, loss, backward, Adam) repeated ``n_iter`` times:
     the first ``GRAPH_WARMUP`` steps run eagerly (on a side stream when capturing), then, with
     ``use_graph``, one step is captured as a CUDA graph and replayed for the rest; without it (CPUs,
-    tests) the same step is called directly. The stop flag is read once every ``GRAPH_CHECK_EVERY``
-    steps (if ``sync_stop``); stopped requests stay frozen on the device in between. Returns the
-    number of steps run. If capture fails, the remaining steps run eagerly."""
+    tests) the same step is called directly. A ``program`` that already holds a graph (captured by an
+    earlier edit of the same shapes) replays it after one eager step (the KL's reference pass); one
+    that holds none keeps the graph it captures. The stop flag is read once every
+    ``GRAPH_CHECK_EVERY`` steps (if ``sync_stop``); stopped requests stay frozen on the device in
+    between. Returns the number of steps run. If capture fails, the remaining steps run eagerly."""
 
     def step():
         backward_update(forward_loss(None), None)
 
-    done, graph = 0, None
+    done, graph = 0, program.graph if program is not None else None
     if use_graph:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(min(n_iter, GRAPH_WARMUP)):
+            for _ in range(min(n_iter, 1 if graph is not None else GRAPH_WARMUP)):
                 step()
         torch.cuda.current_stream().wait_stream(side)
-        done = min(n_iter, GRAPH_WARMUP)
+        done = min(n_iter, 1 if graph is not None else GRAPH_WARMUP)
         if done == n_iter or (sync_stop and not bool(active.any())):
             return done
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with region("target/capture"), torch.cuda.graph(graph):
-                step()
-        except Exception as exc:  # e.g. an operation the model runs is not capturable
-            log.warning("CUDA graph capture of the optimisation step failed (%s); running it eagerly", exc)
-            graph = None
+        if graph is None:
+            graph = _capture(step)
+            if program is not None:
+                program.graph = graph
     while done < n_iter:
         if graph is None:
             step()
@@ -253,3 +287,92 @@ def run_static(forward_loss, backward_update, n_iter: int, active, use_graph: bo
         if sync_stop and done % GRAPH_CHECK_EVERY == 0 and not bool(active.any()):
             break
     return done
+
+
+def _capture(step) -> "torch.cuda.CUDAGraph | None":
+    """``step`` captured as a CUDA graph (None if capture fails: the caller runs it eagerly)."""
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with region("target/capture"), torch.cuda.graph(graph):
+            step()
+    except Exception as exc:  # e.g. an operation the model runs is not capturable
+        log.warning("CUDA graph capture of the optimisation step failed (%s); running it eagerly", exc)
+        return None
+    return graph
+
+
+def bucket(n: int) -> int:
+    """The padded size for ``n`` columns or labels: the smallest of 8, 12, 16, 24, 32, 48, 64, ...
+    (8·2^k and 12·2^k) that holds n, at most 1.5 n for n ≥ 8."""
+    size = 8
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
+class StepProgram:
+    """One optimisation step of one shape, kept across edits so that it is compiled or captured once.
+
+    ``stack``: the first :class:`UpperStack` of this shape; its tensors are the step's buffers, and a
+    later stack of the same :meth:`~UpperStack.signature` is copied into them (:meth:`load`).
+    ``state``: the optimisation's state (δ, Adam's moments, stop flags), reset by the caller for each
+    edit. ``logits``: ``stack.logits``, or its ``torch.compile`` (compiled at its first call);
+    ``graph``: the CUDA graph of the whole step once one edit has captured it.
+    """
+
+    def __init__(self, stack: UpperStack, compile_step: bool):
+        self.stack, self.state, self.graph, self.uses = stack, None, None, 0
+        self.compile_step = compile_step
+        self.compiled = False  # the first call of a compiled ``logits`` compiles it
+        self.logits = stack.logits
+        if compile_step:
+            try:
+                self.logits = torch.compile(stack.logits, dynamic=False)
+            except Exception as exc:  # no compiler backend for this platform
+                log.warning("torch.compile of the optimisation step is unavailable (%s); running it eagerly", exc)
+                self.compile_step = False
+
+    def load(self, stack: UpperStack) -> None:
+        """Copy ``stack``'s tensors (same signature) into this program's buffers."""
+        with torch.no_grad():
+            for dst, src in zip(self.stack.buffers(), stack.buffers()):
+                dst.copy_(src)
+        self.stack.n_prompts = stack.n_prompts
+
+    def call_logits(self, delta: torch.Tensor):
+        """``stack.logits(delta)``; the first call of a compiled program compiles (timed apart as
+        ``target/compile``), and falls back to the eager step, logged, if compiling fails."""
+        if not self.compile_step or self.compiled:
+            return self.logits(delta)
+        self.compiled = True
+        try:
+            with region("target/compile"):
+                return self.logits(delta)
+        except Exception as exc:  # a missing C++ compiler, an operation inductor cannot lower
+            log.warning("torch.compile of the optimisation step failed (%s); running it eagerly", exc)
+            self.logits, self.compile_step = self.stack.logits, False
+            return self.logits(delta)
+
+
+class StepPrograms:
+    """A session's :class:`StepProgram` per step signature, the ``limit`` most recently used kept."""
+
+    def __init__(self, limit: int = 8):
+        self.limit, self.programs, self.built = limit, OrderedDict(), 0
+
+    def get(self, stack: UpperStack, key: tuple, compile_step: bool) -> tuple[StepProgram | None, bool]:
+        """(the program for ``stack`` under ``key``, with ``stack``'s tensors loaded into it, whether
+        it was built just now); (None, False) for a stack whose step cannot be kept."""
+        if not stack.buffers():
+            return None, False
+        key = (stack.signature(), key, compile_step)
+        program = self.programs.get(key)
+        if program is not None:
+            self.programs.move_to_end(key)
+            program.load(stack)
+            return program, False
+        program = self.programs[key] = StepProgram(stack, compile_step)
+        self.built += 1
+        while len(self.programs) > self.limit:
+            self.programs.popitem(last=False)
+        return program, True

@@ -67,14 +67,19 @@ class SuffixLayout:
         boolean_mask: bool,
         max_tokens: int = 2048,
         bins: list[list[int]] | None = None,
+        size=None,
     ) -> "SuffixLayout":
         """``bins``: the prompts of each packed row (default: greedy rows of up to ``max_tokens``).
         Each suffix token attends over its whole row, masked, so rows should hold what belongs
-        together (one request's prompts), not a whole batch."""
+        together (one request's prompts), not a whole batch. ``size`` (n → columns ≥ n): pads the
+        prefix and suffix columns to ``size(P)`` and ``size(Q)`` masked slots, so that prompts of
+        similar lengths share one shape (:func:`fastedit.methods.stepping.bucket`)."""
         bins = bins if bins is not None else _pack(list(lengths), max_tokens)
         n_rows = len(bins)
         P = max(1, max(sum(lookup[i] for i in b) for b in bins))
         Q = max(sum(lengths[i] - lookup[i] for i in b) for b in bins)
+        if size is not None:
+            P, Q = size(P), size(Q)
         pre_index = torch.zeros(n_rows, P, dtype=torch.long)
         pre_pos = torch.zeros(n_rows, P, dtype=torch.long)
         pre_owner = torch.full((n_rows, P), -1, dtype=torch.long)

@@ -35,7 +35,7 @@ from ..profiling import region
 from ..requests import EditRequest, RequestError
 from . import stepping
 from .keys import lookup_index, pad_batch
-from .stepping import PromptSet, upper_stack
+from .stepping import PromptSet, StepPrograms, upper_stack
 
 __all__ = ["TargetValues", "StopRule", "STOP_RULES", "compute_target_values", "target_token_ids", "STOP_LOSS"]
 
@@ -80,19 +80,21 @@ class StopRule:
     def stops(self, logp: torch.Tensor, stack, hits: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """(n,) bool: the requests this pass stops. ``logp``: (n_labels, vocab) log-probabilities at the
         labels of ``stack`` (its ``lab_ids``, ``lab_req``, ``lab_w``, ``lab_prompt``, ``lab_bare``,
-        ``n_prompts``); ``hits`` (n,) the pass counters, advanced in place where ``active``. Reads
-        nothing on the host."""
+        ``lab_valid``, ``n_prompts``; padding labels, not valid, are not read); ``hits`` (n,) the pass
+        counters, advanced in place where ``active``. Reads nothing on the host."""
         dev, n = hits.device, hits.shape[0]
         req = stack.lab_req.to(dev)
+        valid = stack.lab_valid.to(dev)
         if self.cutoff > 0:
             tok_lp = logp.gather(1, stack.lab_ids[:, None])[:, 0].to(dev)
+            tok_lp = torch.where(valid, tok_lp, torch.zeros_like(tok_lp))
             prompt = stack.lab_prompt.to(dev)
             per_prompt = torch.zeros(stack.n_prompts, dtype=tok_lp.dtype, device=dev).index_add(0, prompt, tok_lp)
-            count = torch.zeros_like(per_prompt).index_add(0, prompt, torch.ones_like(tok_lp))
+            count = torch.zeros_like(per_prompt).index_add(0, prompt, valid.to(tok_lp.dtype))
             # a prompt's T labels each add exp(its mean log p) · lab_w, lab_w = 1 / (T · rewrite prompts)
             share = (per_prompt / count.clamp_min(1))[prompt].exp() * stack.lab_w.to(dev, tok_lp.dtype)
             return torch.zeros(n, dtype=tok_lp.dtype, device=dev).index_add(0, req, share) > self.cutoff
-        wrong = logp.argmax(-1) != stack.lab_ids
+        wrong = (logp.argmax(-1) != stack.lab_ids) & stack.lab_valid
         if self.prompts == "encore":
             wrong = wrong & ~stack.lab_bare
         n_wrong = torch.zeros_like(hits).index_add(0, req, wrong.long().to(dev))
@@ -262,6 +264,8 @@ def compute_target_values(
     pack: bool = True,
     sync_stop: bool = True,
     cuda_graph: bool = False,
+    compile_step: bool = False,
+    programs: StepPrograms | None = None,
     chunk_tokens: int = CHUNK_TOKENS,
 ) -> TargetValues:
     """Optimise v* (ROME: ``delta_site="mlp"``, ``nll_from="logits"``) or z (MEMIT:
@@ -283,7 +287,11 @@ def compute_target_values(
     off (GPU only), the loop never synchronises and runs all steps. ``cuda_graph``: one static step
     (Adam in torch's capturable form, counters on the device), captured as a CUDA graph on a GPU
     after ``GRAPH_WARMUP`` eager steps and replayed, the stop flag read every ``GRAPH_CHECK_EVERY``
-    steps; on a CPU the same step runs uncaptured. It changes only rounding.
+    steps; on a CPU the same step runs uncaptured. It changes only rounding. ``compile_step``: the
+    same static step with the layers above, the final norm and the heads through ``torch.compile``.
+    ``programs`` (a session's :class:`~.stepping.StepPrograms`): a static step's compiled code and
+    CUDA graph are kept there and reused by later calls of the same shapes, the prompts' columns and
+    labels padded to a few sizes (:func:`~.stepping.bucket`), masked, so that later edits match.
     """
     hp = hp.resolve(adapter, model)  # a no-op for a session's hyperparameters
     n_layers = adapter.num_layers(model)
@@ -294,7 +302,9 @@ def compute_target_values(
     device = next(model.parameters()).device
     if early_stop is None and early_stop_patience:
         early_stop = StopRule(-int(early_stop_patience), early_stop_rule)
-    opts = dict(delta_dtype=delta_dtype, early_stop=early_stop, sync_stop=sync_stop, cuda_graph=cuda_graph)
+    opts = dict(delta_dtype=delta_dtype, early_stop=early_stop, sync_stop=sync_stop, cuda_graph=cuda_graph,
+                compile_step=compile_step, programs=programs)
+    bucketed = programs is not None and (cuda_graph or compile_step)
     saved_grad = [p.requires_grad for p in model.parameters()]
     parts = []
     try:
@@ -304,7 +314,7 @@ def compute_target_values(
             with region("target/prepare"):
                 prompts = prompt_set(tok, [rows[i] for i in chunk], device)
             with upper_stack(model, adapter, hp, prompts, layer, delta_site, nll_from, pack, autocast_dtype,
-                             low_precision_weights) as (stack, v_init):
+                             low_precision_weights, bucketed) as (stack, v_init):
                 parts.append(optimise(stack, v_init, hp, **opts))
     finally:
         for p, g in zip(model.parameters(), saved_grad):
@@ -326,9 +336,24 @@ class _Deltas:
         self.init_norm = v_init.to(dtype).norm(dim=-1)
         self.max_norm = hp.clamp_norm_factor * self.init_norm
         self.kl_init: torch.Tensor | None = None
+        self.fresh = True  # the next pass is the first (δ = 0): it sets kl_init
         self.ids = torch.arange(n, device=dev)
         self.delta_all, self.steps_all = self.delta.detach().clone(), self.steps.clone()
         self.loss_buf = torch.full((max(n_iter, 0), n), torch.nan, dtype=dtype, device=dev)
+        self.it_t = torch.zeros(1, dtype=torch.long, device=dev)  # static form: loss_buf's row and
+        self.step_t = torch.zeros((), dtype=dtype, device=dev)  # Adam's step, on the device
+
+    def reset(self, v_init: torch.Tensor, hp) -> None:
+        """Start over for new requests of the same shape, in place (a captured step keeps its tensors)."""
+        with torch.no_grad():
+            for x in (self.delta, self.m, self.v, self.hits, self.steps, self.delta_all, self.steps_all, self.it_t,
+                      self.step_t):
+                x.zero_()
+            self.active.fill_(True)
+            self.init_norm.copy_(v_init.to(self.init_norm.dtype).norm(dim=-1))
+            self.max_norm.copy_(hp.clamp_norm_factor * self.init_norm)
+            self.loss_buf.fill_(torch.nan)
+        self.fresh = True
 
     def flush(self) -> None:
         self.delta_all[self.ids] = self.delta.detach()
@@ -342,27 +367,33 @@ class _Deltas:
         self.delta = self.delta.detach()[keep].requires_grad_(True)
 
 
-def optimise(stack, v_init, hp, delta_dtype=None, early_stop: StopRule | None = None, sync_stop=True, cuda_graph=False):
+def optimise(stack, v_init, hp, delta_dtype=None, early_stop: StopRule | None = None, sync_stop=True, cuda_graph=False,
+             compile_step=False, programs: StepPrograms | None = None):
     """Adam on δ for every request of ``stack`` (an :class:`~.stepping.UpperStack`), the references'
     loop: ``v_num_grad_steps`` forward passes, stop before the backward once the loss is < 5e-2 or
     ``early_stop`` says so (each request on its own, as the references optimise one request at a
-    time), the last pass only reports (so it is not run), the norm clamp after each step."""
+    time), the last pass only reports (so it is not run), the norm clamp after each step. With
+    ``cuda_graph`` or ``compile_step`` the step is static (:func:`~.stepping.run_static`), run by a
+    :class:`~.stepping.StepProgram` kept in ``programs`` when its stack allows."""
     dtype = delta_dtype or (torch.float64 if v_init.dtype == torch.float64 else torch.float32)
     n_iter = hp.v_num_grad_steps - 1
-    st = _Deltas(v_init, hp, dtype, n_iter)
-    it_t = torch.zeros(1, dtype=torch.long, device=v_init.device)  # static form: loss_buf's row and
-    step_t = torch.zeros((), dtype=dtype, device=v_init.device)  # Adam's step, on the device
+    program = None
+    if cuda_graph or compile_step:
+        program = _program(stack, v_init, hp, dtype, (early_stop, sync_stop), cuda_graph, compile_step, programs)
+    stack, st = (program.stack, program.state) if program is not None else (stack, _Deltas(v_init, hp, dtype, n_iter))
+    logits = program.call_logits if program is not None else stack.logits
 
     def forward_loss(it: int | None) -> torch.Tensor:
         with region("target/forward"):
-            nll_logits, kl_logits = stack.logits(st.delta)
-            if st.kl_init is None:  # the first pass (δ = 0) gives the KL's reference distribution
-                st.kl_init = log_probs(kl_logits.detach())
+            nll_logits, kl_logits = logits(st.delta)
+            if st.fresh:  # the first pass (δ = 0) gives the KL's reference distribution
+                lp = log_probs(kl_logits.detach())
+                st.kl_init, st.fresh = (lp if st.kl_init is None else st.kl_init.copy_(lp)), False
             loss = target_loss(nll_logits, kl_logits, st.kl_init, st.delta, st.init_norm, stack.lab_ids,
                                stack.lab_req, stack.lab_w, hp)
         shown = torch.where(st.active, loss.detach(), torch.nan)
         if it is None:
-            st.loss_buf.index_copy_(0, it_t, shown[None])
+            st.loss_buf.index_copy_(0, st.it_t, shown[None])
         else:
             st.loss_buf[it, st.ids] = shown
         if early_stop is not None:  # ENCORE checks its rule before the loss threshold
@@ -375,23 +406,42 @@ def optimise(stack, v_init, hp, delta_dtype=None, early_stop: StopRule | None = 
             grad = torch.autograd.grad(loss.sum(), st.delta)[0]
         with region("target/adam"), torch.no_grad():
             if it is None:
-                step_t.add_(1)
-                it_t.add_(1)
-            _adam_step(st.delta, grad, st.m, st.v, step_t if it is None else it + 1, hp.v_lr, st.active)
+                st.step_t.add_(1)
+                st.it_t.add_(1)
+            _adam_step(st.delta, grad, st.m, st.v, st.step_t if it is None else it + 1, hp.v_lr, st.active)
             norms = st.delta.norm(dim=-1)
             over = st.active & (norms > st.max_norm)
             st.delta.mul_(torch.where(over, st.max_norm / norms, torch.ones_like(norms))[:, None])
             st.steps.add_(st.active.long())
 
     device = v_init.device
-    if cuda_graph:
-        use_graph = device.type == "cuda" and n_iter > stepping.GRAPH_WARMUP and \
+    if cuda_graph or compile_step:
+        use_graph = cuda_graph and device.type == "cuda" and n_iter > stepping.GRAPH_WARMUP and \
             len({p.device for p in stack.model.parameters()}) == 1  # not over a device_map
-        n_run = stepping.run_static(forward_loss, backward_update, n_iter, st.active, use_graph, sync_stop)
+        n_run = stepping.run_static(forward_loss, backward_update, n_iter, st.active, use_graph, sync_stop, program)
     else:
         n_run = _run_eager(forward_loss, backward_update, n_iter, st, stack, sync_stop or device.type == "cpu")
     st.flush()
     return _result(v_init, st, n_run)
+
+
+def _program(stack, v_init, hp, dtype, stopping: tuple, cuda_graph: bool, compile_step: bool,
+             programs: StepPrograms | None):
+    """The static step's :class:`~.stepping.StepProgram` for ``stack`` (kept in ``programs``, else
+    for this call alone) with its state set for ``v_init``; None when the stack's step cannot be kept.
+    Its key: what the step's code depends on besides the stack (``stopping``, the loss's constants)."""
+    n_iter = hp.v_num_grad_steps - 1
+    key = (dtype, n_iter, stopping, cuda_graph, hp.v_lr, hp.kl_factor, hp.v_weight_decay, hp.clamp_norm_factor)
+    if cuda_graph:  # a CUDA graph reads each weight where it was when the graph was captured
+        key += (tuple(p.data_ptr() for p in stack.model.parameters()),)
+    program, _ = (programs if programs is not None else StepPrograms()).get(stack, key, compile_step)
+    if program is None:
+        return None
+    if program.state is None:
+        program.state = _Deltas(v_init, hp, dtype, n_iter)
+    else:
+        program.state.reset(v_init, hp)
+    return program
 
 
 def _run_eager(forward_loss, backward_update, n_iter: int, st: _Deltas, stack, read_flags: bool) -> int:
@@ -413,8 +463,8 @@ def _run_eager(forward_loss, backward_update, n_iter: int, st: _Deltas, stack, r
 
 
 def _result(v_init: torch.Tensor, st: _Deltas, n_run: int) -> TargetValues:
-    delta = st.delta_all
-    loss_curve = st.loss_buf[:n_run].cpu()
+    delta = st.delta_all.clone()  # a kept program's state is reused by the next call
+    loss_curve = st.loss_buf[:n_run].clone().cpu()
     while len(loss_curve) and bool(loss_curve[-1].isnan().all()):
         loss_curve = loss_curve[:-1]  # a static loop runs on after every request has stopped
     return TargetValues(values=v_init.to(delta.dtype) + delta, v_init=v_init, delta=delta, losses=loss_curve,

@@ -138,7 +138,7 @@ def _static_step_guarded(arch, attn, gpt2_tok, monkeypatch, stop):
 
     original = stepping.run_static
 
-    def guarded(forward_loss, backward_update, n_iter, active, use_graph, sync_stop):
+    def guarded(forward_loss, backward_update, n_iter, active, use_graph, sync_stop, program=None):
         def fwd(it):
             with monkeypatch.context() as mp:
                 for name in reads:
@@ -152,7 +152,7 @@ def _static_step_guarded(arch, attn, gpt2_tok, monkeypatch, stop):
                     mp.setattr(torch.Tensor, name, forbid(name))
                 backward_update(loss, it)
 
-        return original(fwd, bwd, n_iter, active, use_graph, sync_stop=False)
+        return original(fwd, bwd, n_iter, active, use_graph, sync_stop=False, program=program)
 
     monkeypatch.setattr(stepping, "run_static", guarded)
     out = compute_target_values(model, gpt2_tok, ad, REQS, TEMPLATES, hp, 1, "block", "loss_layer", cuda_graph=True,
@@ -192,14 +192,17 @@ def guess_request(model, tok, template, prompt="{} plays the sport of", subject=
     return EditRequest.from_dict({"prompt": prompt, "subject": subject, "target_new": tok.decode([guess]).strip()})
 
 
-def _labels():
+def _labels(pad: int = 0):
     """Two requests' labels: request 0 has a bare prompt 0 and prompt 1 with T = 2 target tokens
     each; request 1 has a bare prompt 2 and prompt 3 with T = 1 (prompt numbers run to 6: the KL
-    prompts have none)."""
+    prompts have none); then ``pad`` padding labels (as a bucketed stack adds: token 0 of request 0's
+    prompt 0, weight 0, not valid)."""
     return SimpleNamespace(
-        lab_ids=torch.tensor([5, 6, 5, 6, 7, 7]), lab_req=torch.tensor([0, 0, 0, 0, 1, 1]),
-        lab_prompt=torch.tensor([0, 0, 1, 1, 3, 4]), lab_bare=torch.tensor([True, True, False, False, True, False]),
-        lab_w=torch.tensor([0.25] * 4 + [0.5] * 2, dtype=torch.float64), n_prompts=6)
+        lab_ids=torch.tensor([5, 6, 5, 6, 7, 7] + [0] * pad), lab_req=torch.tensor([0, 0, 0, 0, 1, 1] + [0] * pad),
+        lab_prompt=torch.tensor([0, 0, 1, 1, 3, 4] + [0] * pad),
+        lab_bare=torch.tensor([True, True, False, False, True, False] + [True] * pad),
+        lab_w=torch.tensor([0.25] * 4 + [0.5] * 2 + [0.0] * pad, dtype=torch.float64),
+        lab_valid=torch.arange(6 + pad) < 6, n_prompts=6)
 
 
 def _logp(stack, right):
@@ -210,15 +213,17 @@ def _logp(stack, right):
     return torch.log_softmax(logits, -1)
 
 
+@pytest.mark.parametrize("pad", [0, 3])
 @pytest.mark.parametrize("prompts", ["encore", "all_prompts"])
-def test_stop_rule_counts_passes(prompts):
+def test_stop_rule_counts_passes(prompts, pad):
     """−n: a request stops at the pass where, for the n-th time, every counted target token is the
     argmax; a pass in between that is wrong does not reset the count. ENCORE's rule skips the bare
-    prompt's tokens (wrong there at every pass here); the all-prompts rule reads them."""
-    stack, rule = _labels(), StopRule(-2, prompts)
+    prompt's tokens (wrong there at every pass here); the all-prompts rule reads them. Padding labels
+    (always wrong here) are never read."""
+    stack, rule = _labels(pad), StopRule(-2, prompts)
     hits, active = torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.bool)
-    bare_wrong = [False, False, True, True, False, True]  # request 1: bare wrong too
-    passes = [bare_wrong, [False, False, False, True, False, True], bare_wrong]
+    bare_wrong = [False, False, True, True, False, True] + [False] * pad  # request 1: bare wrong too
+    passes = [bare_wrong, [False, False, False, True, False, True] + [False] * pad, bare_wrong]
     got = []
     for right in passes:
         stop = rule.stops(_logp(stack, right), stack, hits, active)
@@ -229,17 +234,18 @@ def test_stop_rule_counts_passes(prompts):
     else:
         assert got == [[False, False]] * 3 and hits.tolist() == [0, 0]
     hits = torch.zeros(2, dtype=torch.long)
-    all_right = [True] * 6
+    all_right = [True] * 6 + [False] * pad
     assert StopRule(-1, prompts).stops(_logp(stack, all_right), stack, hits, torch.tensor([True, False])).tolist() == [True, False]
     assert hits.tolist() == [1, 0]  # a stopped request's counter stays
 
 
-def test_stop_rule_mean_probability():
+@pytest.mark.parametrize("pad", [0, 3])
+def test_stop_rule_mean_probability(pad):
     """p > 0: the mean over a request's rewrite prompts (the bare one included) of each prompt's
-    target probability exp(mean log p over its T tokens) against p."""
-    stack = _labels()
+    target probability exp(mean log p over its T tokens) against p; padding labels are not read."""
+    stack = _labels(pad)
     g = torch.Generator().manual_seed(0)
-    logp = torch.log_softmax(torch.randn(6, 10, dtype=torch.float64, generator=g) * 3, -1)
+    logp = torch.log_softmax(torch.randn(6 + pad, 10, dtype=torch.float64, generator=g) * 3, -1)
     tok = logp.gather(1, stack.lab_ids[:, None])[:, 0]
     want = [float((tok[0:2].mean().exp() + tok[2:4].mean().exp()) / 2), float((tok[4].exp() + tok[5].exp()) / 2)]
     for j, w in enumerate(want):
