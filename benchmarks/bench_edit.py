@@ -5,15 +5,16 @@
     python benchmarks/bench_edit.py --model gpt2-xl --method memit --mode exact --edits 20 --device cuda
     python benchmarks/bench_edit.py --model smollm2-135m --method memit --efficacy 100
 
-N sequential edits (``--batch-size`` requests each) of CounterFact records are applied twice to the
-same starting model: by ``fastedit.methods.plain`` (the reference code's structure and cost: whole
-model passes with hooks, full logits, torch.optim.Adam with a host-side loss check, separate key
-passes, a dense LU solve) and by an :class:`~fastedit.EditSession` in the chosen mode, with the same
-context templates and statistics. Each edit's weight update is compared (relative Frobenius error
-of ΔW per layer, the largest reported). ``--model`` is a fastedit name, a local folder, or a
-random-weight architecture (``gpt2-xl``, ``gpt-j-6b``, ``llama-3-8b`` at full size, their width-16
-CPU proxies ``gpt2-xl-narrow`` and ``llama-3-8b-narrow`` with the full model's preset, or
-``random:gpt2``/``random:llama``/... tiny) with synthetic statistics.
+``--method`` is any registered method (rome, r-rome, memit, alphaedit, emmet, encore). N sequential
+edits (``--batch-size`` requests each) of CounterFact records are applied twice to the same starting
+model: by that method's ``fastedit.methods.plain`` implementation (:data:`BASELINES`: the reference
+code's structure and cost, whole model passes with hooks, full logits, torch.optim.Adam with a
+host-side loss check, separate key passes, dense solves) and by an :class:`~fastedit.EditSession` in
+the chosen mode, with the same context templates and statistics. Each edit's weight update is
+compared (relative Frobenius error of ΔW per layer, the largest reported). ``--model`` is a fastedit
+name, a local folder, or a random-weight architecture (``gpt2-xl``, ``gpt-j-6b``, ``llama-3-8b`` at
+full size, their width-16 CPU proxies ``gpt2-xl-narrow`` and ``llama-3-8b-narrow`` with the full
+model's preset, or ``random:gpt2``/``random:llama``/... tiny) with synthetic statistics.
 
 ``--memory N`` instead runs N sequential edits (no baseline) and reports ``peak_memory_ratio``, the peak
 RSS after all edits over the peak after the first 10%, with both peaks; ``--save-every K`` adds a
@@ -37,6 +38,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -63,14 +65,20 @@ def load(args):
         model, tok = load_model(name, dtype=dtype, device=args.device)
     # a narrow proxy edits with its full-size model's preset
     preset = args.hparams or (name.removesuffix("-narrow") if not name.startswith("random:") else None)
-    if preset is None:
-        small = {"layers": [1, 2] if args.method == "memit" else [1], "v_loss_layer": 3, "v_num_grad_steps": 20}
-        if args.method == "memit":
-            small["mom2_update_weight"] = 100.0
-        hp = load_hparams(args.method, small)
-    else:
-        hp = load_hparams(args.method, preset)
+    hp = load_hparams(args.method, small_hparams(args.method) if preset is None else preset)
     return model, tok, hp, synthetic
+
+
+def small_hparams(method: str) -> dict:
+    """Hyperparameters for a tiny random model: one edited layer (the ROME family) or two (the MEMIT
+    family), λ = 100 where the method weighs E[kkᵀ], and the method's own from :data:`BASELINES`."""
+    from fastedit.methods.registry import get_method
+
+    cls = get_method(method)
+    small = {"layers": [1, 2] if cls.templates == "groups" else [1], "v_loss_layer": 3, "v_num_grad_steps": 20}
+    if "mom2_update_weight" in {f.name for f in dataclasses.fields(cls.hparams_class)}:
+        small["mom2_update_weight"] = 100.0
+    return {**small, **BASELINES[cls.name].small}
 
 
 def counterfact(n: int):
@@ -87,7 +95,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def prepare(args, **hp_changes):
     """(model, tok, hp with ``hp_changes``, stats_dir, its statistics store with the edited layers'
     statistics loaded, the context templates) for a benchmark run."""
-    from fastedit.methods.templates import memit_templates, rome_templates
+    from fastedit.methods.registry import get_method
     from fastedit.models import get_adapter
     from fastedit.stats.store import SecondMomentStore
     from fastedit.stats.synthetic import write_synthetic_second_moments
@@ -102,8 +110,7 @@ def prepare(args, **hp_changes):
     store.ensure(hp.layers)
     torch.manual_seed(args.seed)
     with torch.no_grad():
-        templates = (rome_templates(model, tok, hp.context_template_length_params, seed=args.seed)
-                     if args.method != "memit" else memit_templates(model, tok, seed=args.seed))
+        templates = get_method(args.method).sample_templates(model, tok, hp, args.seed)
     return model, tok, hp, stats_dir, store, templates
 
 
@@ -200,41 +207,102 @@ OUTSIDE_STEP = ("templates", "target/prepare", "target/prefix", "keys", "solve",
 
 
 def run_baseline(args, base_model, tok, hp, hp_dict, templates, store, batches, names) -> tuple[list, list]:
-    """The reference-style edits (``fastedit.methods.plain``) of ``batches`` on ``base_model``:
-    per batch, ΔW of each weight in ``names`` and the seconds it took."""
-    from fastedit.methods import plain
-
+    """The reference-style edits (``fastedit.methods.plain``, the method's entry in :data:`BASELINES`)
+    of ``batches`` on ``base_model``: per batch, ΔW of each weight in ``names`` and the seconds it took."""
+    edit = BASELINES[args.method].make(base_model, tok, hp, hp_dict, templates, store.second_moment)
     base_deltas, base_times = [], []
     for batch in batches:
         before = {n: base_model.get_parameter(n).detach().clone() for n in names}
         t0 = time.perf_counter()
-        refs = [dict(r.to_reference_dict(), target_new=r.target_new) for r in batch]
-        if args.method == "memit":
-            plain.memit(base_model, tok, refs, hp_dict, templates, store.second_moment)
-        else:
-            for r in refs:
-                plain.rome(base_model, tok, r, hp_dict, templates, store.second_moment,
-                           variant=getattr(hp, "key_variant", "rome"),
-                           u_from_average=hp.original_implementation or hp.enable_random_prefix_keys)
+        edit([dict(r.to_reference_dict(), target_new=r.target_new) for r in batch])
         _sync(args.device)
         base_times.append(time.perf_counter() - t0)
         base_deltas.append({n: base_model.get_parameter(n).detach() - before[n] for n in names})
     return base_deltas, base_times
 
 
+# Each builder returns edit(reference-layout requests of one batch), which applies them to ``model``
+# with the plain implementation and keeps what the method carries from batch to batch.
+def _plain_rome(model, tok, hp, hp_dict, templates, second_moment):
+    from fastedit.methods import plain
+
+    u_avg = hp.original_implementation or hp.enable_random_prefix_keys
+
+    def edit(refs):
+        for r in refs:  # the ROME family edits one request at a time
+            plain.rome(model, tok, r, hp_dict, templates, second_moment, variant=hp.key_variant, u_from_average=u_avg)
+    return edit
+
+
+def _plain_memit(model, tok, hp, hp_dict, groups, second_moment):
+    from fastedit.methods import plain
+
+    return lambda refs: plain.memit(model, tok, refs, hp_dict, groups, second_moment)
+
+
+def _plain_emmet(model, tok, hp, hp_dict, groups, second_moment):
+    from fastedit.methods import plain
+
+    return lambda refs: plain.emmet(model, tok, refs, hp_dict, groups, second_moment)
+
+
+def _plain_encore(model, tok, hp, hp_dict, groups, second_moment):
+    from fastedit.methods import plain
+
+    seq_cache = {}  # the reference's SEQ_CACHE: Σ KKᵀ of the earlier batches per layer
+    return lambda refs: plain.encore(model, tok, refs, hp_dict, groups, second_moment, seq_cache)
+
+
+def _plain_alphaedit(model, tok, hp, hp_dict, groups, second_moment):
+    from fastedit.methods import plain
+
+    projections, cache_c = {}, {}
+
+    def edit(refs):
+        if not projections:  # P per layer, on the first edit as fastedit's session computes it
+            dtype = next(model.parameters()).dtype
+            for layer in hp.layers:
+                c = second_moment(layer).to(dtype)
+                projections[layer] = plain.null_space_projection(c, hp.nullspace_threshold)
+                cache_c[layer] = torch.zeros_like(c)
+        plain.alphaedit(model, tok, refs, hp_dict, groups, projections, cache_c)
+    return edit
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """A method's reference-style baseline: ``make(model, tok, hp, hp_dict, templates, second_moment)``
+    → edit(requests); ``small``: its own hyperparameters for a tiny random model."""
+
+    make: Callable
+    small: dict = dataclasses.field(default_factory=dict)
+
+
+# Every registered method's baseline (tests check that none is missing). AlphaEdit's threshold sits
+# inside the synthetic statistics' spectrum: their E[kkᵀ] has no eigenvalue below its default 2e-2, about a
+# quarter of them below 0.1.
+BASELINES = {
+    "rome": Baseline(_plain_rome),
+    "r-rome": Baseline(_plain_rome),
+    "memit": Baseline(_plain_memit),
+    "alphaedit": Baseline(_plain_alphaedit, {"nullspace_threshold": 0.1, "L2": 1.0}),
+    "emmet": Baseline(_plain_emmet),
+    "encore": Baseline(_plain_encore),
+}
+
+
 def run_efficacy(args) -> dict:
     """Fraction of N sequential edits that hold right after they are applied, exact vs fast."""
     from fastedit.engine import EditSession
     from fastedit.eval.metrics import compare_targets
-    from fastedit.methods.templates import memit_templates, rome_templates
+    from fastedit.methods.registry import get_method
 
     model, tok, hp, synthetic = load(args)
     if synthetic:
         raise SystemExit("--efficacy needs a real model")
     reqs = counterfact(args.efficacy)
     with torch.no_grad():
-        templates = (rome_templates(model, tok, hp.context_template_length_params, seed=args.seed)
-                     if args.method != "memit" else memit_templates(model, tok, seed=args.seed))
+        templates = get_method(args.method).sample_templates(model, tok, hp, args.seed)
     out = {}
     base = copy.deepcopy(model)
     for mode in ("exact", "fast"):
@@ -398,9 +466,11 @@ def parse_options(items) -> dict:
 
 
 def parse(argv=None):
+    from fastedit.methods.registry import method_names
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--method", default="memit", choices=["memit", "rome", "r-rome"])
+    ap.add_argument("--method", default="memit", choices=method_names())
     ap.add_argument("--mode", default="exact", choices=["exact", "fast"])
     ap.add_argument("--edits", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=1)
@@ -436,7 +506,7 @@ def run_reference_code(args) -> dict:
     other in this process (compare_reference.py), with its update errors and times."""
     import compare_reference
 
-    if args.model.startswith("random:") or args.method == "r-rome":
+    if args.model.startswith("random:") or args.method not in ("rome", "memit"):
         raise SystemExit("--reference-dir needs a stored model and the rome or memit method")
     out = Path(os.environ.get("FASTEDIT_RESULTS_DIR", REPO / "benchmarks" / "results")) / f"bench_edit_reference_{args.method}.json"
     n = args.baseline_edits or args.edits

@@ -210,7 +210,8 @@ def resolve_hparams(method: str, spec: str | None, model, adapter, n_samples: in
     # fastedit's own switches must stay at the reference behaviour, which is all the reference has.
     differs = [
         f"{k}={getattr(hp, k)!r}"
-        for k, default in (("subject_index_rule", "additive"), ("strip_target_bos", False), ("solve_dtype", None))
+        for k, default in (("subject_index_rule", "additive"), ("strip_target_bos", False), ("target_skip_tokens", None),
+                           ("solve_dtype", None))
         if getattr(hp, k) != default
     ]
     if method == "rome" and hp.key_variant != "rome":

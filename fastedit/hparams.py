@@ -15,6 +15,10 @@ fastedit's own additions (all optional, defaulting to the reference behaviour):
   tokenizers that prepend BOS to every piece).
 * ``strip_target_bos``: drop a BOS the tokenizer puts in front of the target (AlphaEdit does, kmeng01
   counts it among the target tokens).
+* ``target_skip_tokens``: drop exactly this many leading tokens of the target instead (None: the
+  ``strip_target_bos`` rule). A method whose reference drops a fixed count on some models names them in
+  ``MODEL_TARGET_SKIP``, and :meth:`HyperParams.resolve` sets it from the model's name (EMMET on
+  Llama-2: 2).
 * ``solve_dtype``: ``None`` for each method's reference precision (ROME inverts C in float32, MEMIT
   solves in float64), or ``"float64"`` / ``"float32"`` to force one.
 
@@ -139,6 +143,7 @@ _RULES = {
     "model_name": _name(True),
     "subject_index_rule": _choice(INDEX_RULES),
     "strip_target_bos": _bool,
+    "target_skip_tokens": lambda x: None if x is None else _int(0)(x),
     "solve_dtype": _choice((None, "float32", "float64")),
     "stats_dir": _name(True),
     "alg_name": _name(True),
@@ -173,6 +178,9 @@ class HyperParams:
 
     METHOD: ClassVar[str] = ""
     PRESET_FOLDER: ClassVar[str] = ""
+    # (model-name substring, count): the reference drops ``count`` leading target tokens on a model whose
+    # name_or_path contains the substring (lower case); :meth:`resolve` applies the first match.
+    MODEL_TARGET_SKIP: ClassVar[tuple[tuple[str, int], ...]] = ()
 
     layers: tuple[int, ...]
     fact_token: str = "subject_last"
@@ -199,6 +207,7 @@ class HyperParams:
     model_name: str | None = None  # present in AlphaEdit's and EasyEdit's files; informational here
     subject_index_rule: str = "additive"
     strip_target_bos: bool = False
+    target_skip_tokens: int | None = None
     solve_dtype: str | None = None
 
     # EasyEdit's files: the statistics folder (used when none is passed to the session), its method
@@ -380,11 +389,21 @@ class HyperParams:
 
     def resolve(self, adapter, model) -> "HyperParams":
         """These hyperparameters with every module name left at None filled in from the model's
-        architecture adapter, so nothing downstream looks a name up again."""
+        architecture adapter, and ``target_skip_tokens`` left at None from :attr:`MODEL_TARGET_SKIP`
+        and the model's name, so nothing downstream looks either up again."""
         names = {attr: getattr(self, attr) or getattr(adapter, attr) for attr in _TEMPLATES}
         names["ln_f_module"] = self.ln_f_module or adapter.ln_f_module
         names["lm_head_module"] = self.lm_head_module or adapter.lm_head_name(model)
+        if self.target_skip_tokens is None:
+            names["target_skip_tokens"] = self.model_target_skip(getattr(model.config, "_name_or_path", ""))
         return dataclasses.replace(self, **names)
+
+    @classmethod
+    def model_target_skip(cls, model_name: str | None) -> int | None:
+        """The leading target tokens this method's reference drops on the model ``model_name``
+        (a hub id or a folder), or None where it applies ``strip_target_bos``."""
+        name = str(model_name or "").lower()
+        return next((count for part, count in cls.MODEL_TARGET_SKIP if part in name), None)
 
 
 @dataclass(frozen=True)

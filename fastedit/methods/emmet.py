@@ -39,11 +39,13 @@ class EMMETHyperParams(MEMITHyperParams):
     an ill-conditioned D). ``update_norm_lambda``: added to C's diagonal (a penalty on ‖ΔW‖).
     ``calculate_objective_value``: the reference then recomputes the statistics and reports distances
     of preserved and edited keys; fastedit reads it and computes neither.
-    The subject index and target tokenisation default to EMMET's (``concat``, BOS stripped).
+    The subject index and target tokenisation default to EMMET's (``concat``, BOS stripped; on a model
+    whose name contains ``llama-2``, the first two target tokens dropped: see :class:`EMMET`).
     """
 
     METHOD: ClassVar[str] = "emmet"
     PRESET_FOLDER: ClassVar[str] = "EMMET"
+    MODEL_TARGET_SKIP: ClassVar[tuple[tuple[str, int], ...]] = (("llama-2", 2),)
 
     mom2_update_weight: float = 1.0
     emmet_lambda: float = 0.1
@@ -167,6 +169,11 @@ class EMMET(MemitFamily):
     ``solver="lu"`` keeps C⁻¹ as the reference computes it. D (n × n) is inverted as the reference does,
     with the pseudo-inverse where that fails; ``info["pseudo_inverse"]`` says, per layer, whether it
     did. EMMET keeps no edit history: each batch is solved on the model the earlier ones left.
+
+    Target tokens, as EMMET's compute_z: ``" " + target_new`` tokenised, then on a model whose
+    ``name_or_path`` contains ``llama-2`` (any case) its first two ids dropped (BOS and SentencePiece's
+    lone "▁" that the leading space becomes), elsewhere a leading BOS/UNK. The hyperparameters carry it
+    as ``target_skip_tokens`` (2 there, resolved once from the model's name; set it to override).
     """
 
     name = "emmet"

@@ -130,11 +130,20 @@ class TargetValues:
                    steps=[s for p in parts for s in p.steps])
 
 
-def target_token_ids(tok, request: EditRequest, strip_bos: bool) -> list[int]:
+def target_token_ids(tok, request: EditRequest, strip_bos: bool, skip: int | None = None) -> list[int]:
     """Token ids of ``" " + target_new`` as the references compute them (special tokens included;
-    kmeng01 keeps a BOS, AlphaEdit strips it)."""
+    kmeng01 keeps a BOS, AlphaEdit strips it). ``skip`` (not None) drops exactly that many leading ids
+    instead, as EMMET does on Llama-2 (its BOS and SentencePiece's lone "▁" before the spaced target);
+    a dropped id that is neither BOS/UNK nor blank is logged, since the target then loses a piece."""
     ids = list(tok(request.target_new_spaced)["input_ids"])
-    if strip_bos and ids and ids[0] in {tok.bos_token_id, tok.unk_token_id} - {None}:
+    special = {tok.bos_token_id, tok.unk_token_id} - {None}
+    if skip is not None:
+        lost = [i for i in ids[:skip] if i not in special and tok.decode([i]).strip()]
+        if lost:
+            log.warning("request %s: dropping %d leading target token(s) drops %r of %r (this tokenizer puts "
+                        "no blank piece before the target)", request.name, skip, tok.decode(lost), request.target_new)
+        ids = ids[skip:]
+    elif strip_bos and ids and ids[0] in special:
         ids = ids[1:]
     if not ids:
         raise RequestError(f"request {request.name}: target_new {request.target_new!r} tokenises to nothing")
@@ -199,7 +208,7 @@ def target_prompts(tok, requests: Sequence[EditRequest], templates: Sequence[str
     Returns (rows, token counts): rows[r] = (token ids per prompt, lookup per prompt, target ids)."""
     out, sizes = [], []
     for req in requests:
-        ids = target_token_ids(tok, req, hp.strip_target_bos)
+        ids = target_token_ids(tok, req, hp.strip_target_bos, hp.target_skip_tokens)
         target_prefix = tok.decode(ids[:-1])
         prompts = [t.format(req.prompt) + target_prefix for t in templates] + [KL_PROMPT]
         toks = tok([p.format(req.subject) for p in prompts])["input_ids"]

@@ -204,3 +204,89 @@ def test_singular_c_fails_with_numerical_error(kind):
         solver(3, torch.randn(40, 2, dtype=torch.float64, generator=g))
     # the penalty makes C invertible
     EmmetSolver(lambda layer: a.T @ a / 5, 1.0, 0.5, torch.float64, kind)(3, torch.randn(40, 2, dtype=torch.float64, generator=g))
+
+
+# ---------------------------------------------------------------------- target tokens on Llama-2
+def reference_target_ids(tok, model_name, target):
+    """EMMET's compute_z: the spaced target tokenised, then two ids dropped on Llama-2, else a
+    leading BOS/UNK."""
+    ids = tok(" " + target)["input_ids"]
+    if "llama-2" in model_name.lower():
+        return ids[2:]
+    return ids[1:] if ids[0] in (tok.bos_token_id, tok.unk_token_id) else ids
+
+
+def named_model(arch, name, vocab_size, **kw):
+    model = random_model(arch, vocab_size=vocab_size, **kw)
+    model.config._name_or_path = name
+    return model
+
+
+@pytest.mark.parametrize("name", ["meta-llama/Llama-2-7b-hf", "/models/llama-2-7b-chat", "random-llama",
+                                  "meta-llama/Meta-Llama-3-8B"])
+def test_target_ids_follow_emmets_llama2_rule(name):
+    from sp_tokenizer import llama2_style_tokenizer
+
+    from fastedit.methods.alphaedit import AlphaEditHyperParams
+    from fastedit.methods.encore import ENCOREHyperParams
+    from fastedit.methods.target import target_token_ids
+    from fastedit.models import get_adapter
+    from fastedit.requests import EditRequest
+
+    tok = llama2_style_tokenizer()
+    model = named_model("llama", name, len(tok))
+    llama2 = "llama-2" in name.lower()
+    hp = EMMETHyperParams.from_dict({"layers": [1]}).resolve(get_adapter(model), model)
+    assert hp.target_skip_tokens == (2 if llama2 else None)
+    for target in ("football", "English language"):
+        req = EditRequest.from_dict({"prompt": "{} is", "subject": "Toyota", "target_new": target})
+        ids = target_token_ids(tok, req, hp.strip_target_bos, hp.target_skip_tokens)
+        assert ids == reference_target_ids(tok, name, target)
+        # on Llama-2 the BOS and the lone "▁" go; elsewhere the "▁" stays, as in the reference
+        assert tok.decode(ids) == (target if llama2 else " " + target)
+    # AlphaEdit's and ENCORE's compute_z have no Llama-2 rule; an explicit value is kept
+    for cls in (AlphaEditHyperParams, ENCOREHyperParams):
+        assert cls.from_dict({"layers": [1]}).resolve(get_adapter(model), model).target_skip_tokens is None
+    kept = EMMETHyperParams.from_dict({"layers": [1], "target_skip_tokens": 1}).resolve(get_adapter(model), model)
+    assert kept.target_skip_tokens == 1
+
+
+def test_target_ids_unchanged_on_gpt2(gpt2_tok):
+    from fastedit.methods.target import target_token_ids
+    from fastedit.models import get_adapter
+    from fastedit.requests import EditRequest
+
+    model = random_model("gpt2")
+    hp = EMMETHyperParams.from_dict({"layers": [1]}).resolve(get_adapter(model), model)
+    req = EditRequest.from_dict({"prompt": "{} is", "subject": "Toyota", "target_new": "English language"})
+    assert hp.target_skip_tokens is None
+    assert target_token_ids(gpt2_tok, req, hp.strip_target_bos, hp.target_skip_tokens) == gpt2_tok(" English language")["input_ids"]
+
+
+def test_skip_that_drops_a_word_piece_is_logged(caplog, gpt2_tok):
+    from fastedit.methods.target import target_token_ids
+    from fastedit.requests import EditRequest
+
+    req = EditRequest.from_dict({"prompt": "{} is", "subject": "Toyota", "target_new": "English language"})
+    with caplog.at_level("WARNING"):
+        ids = target_token_ids(gpt2_tok, req, True, 1)
+    assert ids == gpt2_tok(" English language")["input_ids"][1:] and "drops ' English'" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["meta-llama/Llama-2-7b-hf", "random-llama"])
+def test_parity_emmet_llama2_tokenizer(name, tmp_path):
+    """fastedit and the oracle on a Llama-2-style tokenizer: equal updates under each naming (the
+    Llama-2 rule on one, the BOS rule on the other), and the rule changes the update."""
+    from sp_tokenizer import llama2_style_tokenizer
+
+    tok = llama2_style_tokenizer()
+    model = named_model("llama", name, len(tok), dtype=torch.float64)
+    hp = emmet_hparams(model)
+    second_moment = write_stats(model, hp, tmp_path)
+    ref_model = copy.deepcopy(model)
+    ref, _ = oracle_run(ref_model, tok, hp, second_moment, [MORE_REQUESTS])
+    ours, _ = fastedit_run(copy.deepcopy(model), tok, hp, tmp_path, [MORE_REQUESTS], "cholesky")
+    compare(ours, ref)
+    other, _ = oracle_run(copy.deepcopy(model), tok, {**hp, "target_skip_tokens": 1 if "llama-2" in name.lower() else 2},
+                          second_moment, [MORE_REQUESTS])
+    assert all(float((other[k] - ref[k]).norm()) > 1e-3 * float(ref[k].norm()) for k in ref)

@@ -33,6 +33,7 @@ MEMIT_CASES = [
     ("mom2_dataset", "../../../x"), ("mom2_dataset", "a/b"), ("mom2_dataset", ".."), ("mom2_dataset", ""),
     ("mom2_n_samples", 0), ("mom2_n_samples", 1.5), ("mom2_dtype", "int8"), ("mom2_min_count", -1),
     ("fact_token", "first"), ("fact_token", "last"), ("subject_index_rule", "x"), ("strip_target_bos", 1),
+    ("target_skip_tokens", -1), ("target_skip_tokens", 1.5), ("target_skip_tokens", "2"),
     ("solve_dtype", "float16"), ("mom2_update_weight", -1), ("mom2_update_weight", math.nan),
     ("mom2_update_weight", "1"), ("layer_selection", "some"),
 ]

@@ -87,7 +87,9 @@ def _rewrite_batch(tok, request, hp, templates, device):
     of every prompt, number of target tokens)."""
     target = request["target_new"] if request["target_new"].startswith(" ") else " " + request["target_new"]
     target_ids = tok(target)["input_ids"]
-    if hp.get("strip_target_bos") and target_ids and target_ids[0] in (tok.bos_token_id, tok.unk_token_id):
+    if hp.get("target_skip_tokens") is not None:
+        target_ids = target_ids[hp["target_skip_tokens"]:]  # EMMET's compute_z on Llama-2
+    elif hp.get("strip_target_bos") and target_ids and target_ids[0] in (tok.bos_token_id, tok.unk_token_id):
         target_ids = target_ids[1:]  # AlphaEdit's compute_z drops a BOS or UNK the tokenizer prepends
     T = len(target_ids)
     rewriting = [t.format(request["prompt"]) + tok.decode(target_ids[:-1]) for t in templates]

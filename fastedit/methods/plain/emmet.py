@@ -1,7 +1,8 @@
 """Plain EMMET (scalable-model-editing/unified-model-editing, ``emmet/emmet_main.py``).
 
-MEMIT's z and keys (with EMMET's ``concat`` subject index and BOS-stripped targets), then per layer,
-in float64, the equality-constrained update
+MEMIT's z and keys (with EMMET's ``concat`` subject index and BOS-stripped targets; on a model whose
+name contains ``llama-2``, the first two target tokens dropped instead), then per layer, in float64,
+the equality-constrained update
 
     C = mom2_update_weight · E[kkᵀ] + update_norm_lambda · I
     D = Kᵀ C⁻¹ K (+ emmet_lambda · I when the batch holds more than one edit)
@@ -31,6 +32,8 @@ def emmet(model, tok, requests, hp, groups, second_moment, record=None):
     layer's share of R (d_model, n)}.
     """
     hp = {**EMMET_DEFAULTS, **hp}
+    if hp.get("target_skip_tokens") is None and "llama-2" in str(model.config._name_or_path).lower():
+        hp["target_skip_tokens"] = 2  # EMMET's compute_z: BOS and the lone "▁" before the spaced target
     flat = [t for g in groups for t in g]
     Z = target_z(model, tok, requests, hp, flat)
     deltas = {}
