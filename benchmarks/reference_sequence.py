@@ -146,7 +146,7 @@ def _optimisation_steps(log_path: Path, start: int) -> list[int]:
 
 def run_fastedit(s: SequentialSetup, base, tok, names, stats_dir, args, timer) -> dict:
     """fastedit's sequential run: ``EditSession(model, tok, method, load_hparams(method, file),
-    templates=...)`` and one ``apply(batch)`` per edit."""
+    templates=..., mode=args.mode)`` and one ``apply(batch)`` per edit."""
     from fastedit.engine import EditSession
     from fastedit.hparams import load_hparams
 
@@ -154,7 +154,7 @@ def run_fastedit(s: SequentialSetup, base, tok, names, stats_dir, args, timer) -
     hp = load_hparams(s.method.name, s.hp_path)
     with timer() as setup:
         session = EditSession(
-            model, tok, s.method.name, hp, templates=s.templates, stats_dir=stats_dir,
+            model, tok, s.method.name, hp, templates=s.templates, stats_dir=stats_dir, mode=getattr(args, "mode", "exact"),
             stats_source=args.stats_source, stats_max_len=args.stats_max_len, progress=False,
         )
         session.stats.ensure(list(hp.layers))

@@ -91,6 +91,32 @@ def test_cuda_graph_replays_the_step(arch, dtype, gpt2_tok, caplog):
     assert rel < tol, rel
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_cuda_graph_kept_across_edits(arch, gpt2_tok, caplog):
+    """Through a session's kept programs the graph is captured by the first edit of a shape and
+    replayed by later ones (A, B, A): each edit gives the eager loop's result, the third captures
+    nothing and replays the first one's graph."""
+    from fastedit.methods.stepping import StepPrograms
+
+    model = random_model(arch, dtype=torch.float32, device="cuda")
+    ad = get_adapter(model)
+    hp = MEMITHyperParams.from_dict({"layers": [1], "v_num_grad_steps": 12, "v_loss_layer": 2, "clamp_norm_factor": 4.0})
+    templates = ["{}", "The weather was cold. {}"]
+    programs, captured = StepPrograms(), []
+    for reqs in ([TARGET_REQS[0]], [TARGET_REQS[1]], [TARGET_REQS[0]]):
+        eager = compute_target_values(model, gpt2_tok, ad, reqs, templates, hp, 1, "block", "loss_layer")
+        with caplog.at_level(logging.WARNING), PhaseTimer() as timer:
+            kept = compute_target_values(model, gpt2_tok, ad, reqs, templates, hp, 1, "block", "loss_layer",
+                                         cuda_graph=True, programs=programs)
+        assert not [r for r in caplog.records if "capture" in r.getMessage()], caplog.text
+        assert "target/replay" in timer.totals
+        captured.append("target/capture" in timer.totals)
+        assert kept.steps == eager.steps
+        assert torch.allclose(kept.losses, eager.losses, rtol=1e-4, atol=0, equal_nan=True)
+        assert float((kept.values - eager.values).norm() / eager.values.norm()) < 1e-4
+    assert captured[0] and not captured[2] and programs.built == sum(captured)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_device_map_over_two_gpus(gpt2_tok, tmp_path):
     """A model split over two GPUs by a device_map (edited layers on different cards) edits as the
