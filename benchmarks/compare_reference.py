@@ -480,7 +480,8 @@ def run_sequential(args, reference_dir: Path, workdir: Path, stats_dir: Path, ma
     adapter = get_adapter(base)
     args.stats_max_len = min(args.stats_max_len, adapter.max_positions(base))
     requests = load_requests(args.requests_file, args.edits * args.batch_size)
-    shared = resolve_hparams("memit", args.hparams if method == "memit" else None, base, adapter, args.stats_samples)
+    own = method if method in ("memit", "rome") else "memit"  # the successors share MEMIT's settings
+    shared = resolve_hparams(own, args.hparams if method == own else None, base, adapter, args.stats_samples)
     s = rs.prepare(method, reference_dir, base, tok, adapter, requests, args, workdir, shared)
     d = s.hp_data
     stats_hp = shared.replace(layers=tuple(d["layers"]), rewrite_module_tmp=d["rewrite_module_tmp"],
@@ -618,8 +619,8 @@ def _scratch(args, reference_dir: Path) -> tuple[Path, Path]:
 
 def sequential_main(args) -> int:
     """``--edits N``: run, print and write one sequential comparison (see :func:`run_sequential`)."""
-    if args.method == "both" or args.method == "rome":
-        raise SystemExit("--edits runs memit, alphaedit, emmet or encore (one method at a time)")
+    if args.method == "both":
+        raise SystemExit("--edits runs rome, memit, alphaedit, emmet or encore (one method at a time)")
     if args.edits < 1 or args.batch_size < 1:
         raise SystemExit("--edits and --batch-size must be at least 1")
     if not args.reference_only:
@@ -655,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: both, or what the checkout has; alphaedit, emmet and encore run sequentially")
     ap.add_argument("--edits", type=int, default=None,
                     help="sequential mode: this many edits one after another, each ΔW compared (default for "
-                         "alphaedit, emmet, encore: 5; memit: only with this flag)")
+                         "alphaedit, emmet, encore: 5; rome, memit: only with this flag)")
     ap.add_argument("--batch-size", type=int, default=1, help="sequential mode: requests per edit")
     ap.add_argument("--reference-only", action="store_true",
                     help="sequential mode: run the reference side alone (no fastedit method needed)")

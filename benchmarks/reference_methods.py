@@ -132,6 +132,19 @@ def _encore_history(mod, state, hp) -> dict:
     return {layer: mod.SEQ_CACHE[layer].double() for layer in hp.layers if layer in mod.SEQ_CACHE}
 
 
+def _rome_begin(mod, model, tok, hp, adapter) -> dict:
+    # ROME keeps C⁻¹ per layer in its compute_u module (kept between edits, as in one process)
+    import sys
+
+    sys.modules[mod.__name__.rsplit(".", 1)[0] + ".compute_u"].inv_mom2_cache.clear()
+    return {}
+
+
+def _rome_edit(mod, model, tok, requests, hp, state) -> dict:
+    mod.apply_rome_to_model(model, tok, requests, hp)
+    return {}
+
+
 def _memit_edit(mod, model, tok, requests, hp, state) -> dict:
     mod.apply_memit_to_model(model, tok, requests, hp)
     return {}
@@ -156,6 +169,12 @@ REFERENCE_METHODS: dict[str, ReferenceMethod] = {
             caches=("COV_CACHE", "SEQ_CACHE"), begin=_encore_begin, edit=_encore_edit, history=_encore_history,
         ),
         ReferenceMethod(
+            "rome", "rome.rome_main", "ROMEHyperParams", "apply_rome_to_model", "ROME",
+            # fastedit's ROME settings replace every key of the checkout's GPT-2 XL file
+            "rome/rome_main.py", {"gpt2": ("gpt2-xl.json",), "llama": ("gpt2-xl.json",)}, caches=(),
+            begin=_rome_begin, edit=_rome_edit,
+        ),
+        ReferenceMethod(
             "memit", "memit.memit_main", "MEMITHyperParams", "apply_memit_to_model", "MEMIT",
             # kmeng01's checkout has no Llama file; fastedit's MEMIT settings replace every key anyway
             "memit/memit_main.py", {"gpt2": ("gpt2-xl.json",), "llama": _LLAMA + ("gpt2-xl.json",)}, edit=_memit_edit,
@@ -169,7 +188,7 @@ def reference_hparams_data(method: ReferenceMethod, hp_class, reference_dir: Pat
                            hparams_file: Path | None) -> tuple[dict, dict]:
     """(the reference's hyperparameters as its JSON holds them, provenance). ``hp_class``: the
     reference's dataclass; ``shared``: fastedit's MEMIT settings for the model (every module name
-    filled, ``mom2_n_samples`` already the run's); ``hparams_file``: a file in the reference layout to
+    filled, ``mom2_n_samples`` already the run's; ROME's own settings for ROME); ``hparams_file``: a file in the reference layout to
     use as it is instead (only ``mom2_n_samples`` replaced)."""
     names = [f.name for f in dataclasses.fields(hp_class)]
     if hparams_file is not None:

@@ -69,22 +69,22 @@ def check_fastedit_method(method: str) -> None:
 
 def prepare(method: str, reference_dir: Path, base, tok, adapter, requests, args, workdir, shared_hp) -> SequentialSetup:
     """Imports the reference, writes its hyperparameter file (see
-    :func:`reference_methods.reference_hparams_data`) and samples the templates (seeded, MEMIT's
-    groups, which every successor uses)."""
-    from fastedit.methods.templates import memit_templates
+    :func:`reference_methods.reference_hparams_data`) and samples the templates (seeded, in the
+    method's layout: ROME's flat list, MEMIT's groups, which every successor uses)."""
+    from fastedit.methods.registry import get_method
 
     rm = REFERENCE_METHODS[method]
     if not (reference_dir / rm.marker).is_file():
         raise SystemExit(f"{reference_dir}/{rm.marker} not found: not a checkout with the {method} reference")
     ref = reference_shims.import_method(reference_dir, workdir, rm.module)
-    hp_file = args.hparams if method != "memit" and args.hparams else None
+    hp_file = args.hparams if method not in ("memit", "rome") and args.hparams else None
     data, source = reference_hparams_data(
         rm, getattr(ref.main, rm.hparams_class), reference_dir, base, shared_hp.to_dict(), hp_file
     )
     hp_path = workdir / f"hparams_{method}.json"
     hp_path.write_text(json.dumps(data, indent=2) + "\n")
     with torch.no_grad():
-        templates = memit_templates(base, tok, seed=args.seed)
+        templates = get_method(method).sample_templates(base, tok, shared_hp, seed=args.seed)
     b = args.batch_size
     batches = [requests[i : i + b] for i in range(0, len(requests), b)]
     return SequentialSetup(rm, ref, hp_path, data, source, batches, templates, workdir, workdir / "reference.log")
@@ -108,7 +108,7 @@ def run_reference(s: SequentialSetup, base, tok, adapter, names, timer) -> dict:
     mod, rm = s.ref.main, s.method
     hp = getattr(mod, rm.hparams_class).from_json(str(s.hp_path))
     rm.reset(mod)
-    mod.CONTEXT_TEMPLATES_CACHE = [list(g) for g in s.templates]
+    mod.CONTEXT_TEMPLATES_CACHE = copy.deepcopy(s.templates)
     with open(s.log_path, "a") as f:
         f.write(f"\n===== reference {rm.name}: {len(s.batches)} edit(s) =====\n")
     edits = []

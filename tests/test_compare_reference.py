@@ -134,3 +134,21 @@ def test_per_edit_errors_and_history_difference(bench):
     assert rs.history_errors(ref, None) is None
     only = rs.edit_records(ref, None, names, layers)
     assert "rel_error" not in only[0]["weights"]["w.1"] and "max_rel_error" not in only[0]
+
+
+def test_rome_runs_sequentially_with_its_own_settings(bench):
+    """``--method rome --edits N``: ROME has a sequential driver beside MEMIT's and the successors',
+    its shared settings come from fastedit's ROME preset (not MEMIT's), and ``--stats-samples 0``
+    keeps the preset's sample count."""
+    from fastedit.models import get_adapter, random_model
+
+    cr, rm, _ = bench
+    assert {"rome", "memit", "alphaedit", "emmet", "encore"} <= set(rm.REFERENCE_METHODS)
+    rome = rm.REFERENCE_METHODS["rome"]
+    assert rome.module == "rome.rome_main" and rome.caches == ()
+    model = random_model("gpt2")
+    hp = cr.resolve_hparams("rome", "gpt2-xl", model, get_adapter(model), 0)
+    assert hp.layers == (17,) and hp.mom2_n_samples == 100000 and hasattr(hp, "context_template_length_params")
+    assert cr.resolve_hparams("rome", "gpt2-xl", model, get_adapter(model), 20).mom2_n_samples == 20
+    args = cr.build_parser().parse_args(["--reference-dir", ".", "--method", "rome", "--edits", "2", "--mode", "fast"])
+    assert args.mode == "fast" and args.edits == 2
