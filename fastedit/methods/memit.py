@@ -33,11 +33,13 @@ from ..models.tracing import record
 from ..profiling import region
 from ..requests import EditRequest, check_requests_fit
 from .base import LowRankUpdate, MethodOutput, apply_update, resolve_dtype
-from .keys import lookup_index, tokenize_batch
+from .keys import lookup_index, pad_batch
 from .registry import EditMethod, register
 from .target import compute_target_values
 
 log = logging.getLogger(__name__)
+
+KEY_CHUNK_TOKENS = 16384  # padded tokens per pass of the key reader: bounds its memory in large batches
 
 __all__ = ["memit_updates", "MemitKeyReader", "lu_solver", "WoodburySolver", "check_solve", "MemitFamily", "MEMIT"]
 
@@ -88,9 +90,12 @@ class MemitKeyReader:
 
     ``read(i)`` returns (K (d_ff, n) group-averaged keys at ``hp.layers[i]``, z_current
     (d_model, n)); call it for i = 0, 1, ... in order, applying layer i's update in between.
+    The texts run sorted by length in chunks of at most ``chunk_tokens`` padded tokens, so a large
+    batch pads each text to its neighbours' length, not to the longest of all (only rounding changes).
     """
 
-    def __init__(self, model, tok, adapter: ModelAdapter, requests: list[EditRequest], hp, groups) -> None:
+    def __init__(self, model, tok, adapter: ModelAdapter, requests: list[EditRequest], hp, groups,
+                 chunk_tokens: int = KEY_CHUNK_TOKENS) -> None:
         self.model, self.adapter, self.hp, self.groups = model, adapter, hp, groups
         flat = [t for g in groups for t in g]
         self.n_req, self.n_t, self.bare = len(requests), len(flat), flat.index("{}")
@@ -101,13 +106,16 @@ class MemitKeyReader:
                 texts.append(filled.format(req.subject))
                 pos.append(lookup_index(tok, filled, req.subject, hp.fact_token, hp.subject_index_rule))
         device = next(model.parameters()).device
-        self.batch = tokenize_batch(tok, texts, device)
-        self.pos = torch.tensor(pos, device=device)
-        self.rows = torch.arange(len(texts), device=device)
+        ids = tok(texts)["input_ids"]
+        self.chunks = []  # (indices into texts, their TokenBatch, their lookup positions)
+        for idx in _length_chunks([len(x) for x in ids], chunk_tokens):
+            self.chunks.append((torch.tensor(idx, device=device), pad_batch(tok, [ids[j] for j in idx], device),
+                                torch.tensor([pos[j] for j in idx], device=device)))
         self.block = hp.layer_module_tmp
         self.rewrite = hp.rewrite_module_tmp
         self.z_block = self.block.format(hp.layers[-1])
-        self._stream: torch.Tensor | None = None  # residual stream entering block hp.layers[i-1]
+        # per chunk, the residual stream entering block hp.layers[i-1]
+        self._streams: list[torch.Tensor | None] = [None] * len(self.chunks)
 
     @torch.no_grad()
     def read(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,25 +124,45 @@ class MemitKeyReader:
         # the stream entering the next pass's first layer, layers[i] (unchanged by W_{layers[i]})
         keep = [self.block.format(layers[i] - 1)] if i + 1 < len(layers) and layers[i] > 0 else []
         outputs = [self.z_block] + keep
-        with record(self.model, inputs=[key_name], outputs=outputs, stop_after=self.z_block) as rec:
-            if i == 0 or self._stream is None:
-                self.model(**self.batch.model_inputs(), use_cache=False)
-            else:
-                with self.adapter.upper_layers_only(self.model, layers[i - 1]) as base:
-                    base(inputs_embeds=self._stream, attention_mask=self.batch.attention_mask, use_cache=False)
-        if keep:
-            self._stream = rec.outputs[keep[0]]
-        elif i + 1 < len(layers):
-            self._stream = None  # layers[i] == 0: the next pass starts from the embeddings
-        keys = rec.inputs[key_name][self.rows, self.pos].reshape(self.n_req, self.n_t, -1)
+        n = self.n_req * self.n_t
+        keys = z_all = None
+        for c, (idx, batch, pos) in enumerate(self.chunks):
+            with record(self.model, inputs=[key_name], outputs=outputs, stop_after=self.z_block) as rec:
+                if i == 0 or self._streams[c] is None:
+                    self.model(**batch.model_inputs(), use_cache=False)
+                else:
+                    with self.adapter.upper_layers_only(self.model, layers[i - 1]) as base:
+                        base(inputs_embeds=self._streams[c], attention_mask=batch.attention_mask, use_cache=False)
+            if keep:
+                self._streams[c] = rec.outputs[keep[0]]
+            elif i + 1 < len(layers):
+                self._streams[c] = None  # layers[i] == 0: the next pass starts from the embeddings
+            rows = torch.arange(len(idx), device=idx.device)
+            k_c, z_c = rec.inputs[key_name][rows, pos], rec.outputs[self.z_block][rows, pos]
+            if keys is None:
+                keys, z_all = k_c.new_empty(n, k_c.shape[-1]), z_c.new_empty(n, z_c.shape[-1])
+            keys[idx.to(keys.device)], z_all[idx.to(z_all.device)] = k_c, z_c
+        keys = keys.reshape(self.n_req, self.n_t, -1)
         bounds, start = [], 0
         for g in self.groups:
             bounds.append((start, start + len(g)))
             start += len(g)
         # mean within each group, then across groups, as the reference's compute_ks
         k = torch.stack([keys[:, a:b].mean(1) for a, b in bounds], 1).mean(1)
-        z_cur = rec.outputs[self.z_block][self.rows, self.pos].reshape(self.n_req, self.n_t, -1)[:, self.bare]
+        z_cur = z_all.reshape(self.n_req, self.n_t, -1)[:, self.bare]
         return k.T, z_cur.T
+
+
+def _length_chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Indices sorted by length, cut into runs whose padded size (count × longest) stays within
+    ``max_tokens`` (at least one index each)."""
+    out, cur = [], []
+    for j in sorted(range(len(lengths)), key=lambda j: lengths[j]):
+        if cur and (len(cur) + 1) * lengths[j] > max_tokens:
+            out.append(cur)
+            cur = []
+        cur.append(j)
+    return out + [cur] if cur else out
 
 
 def lu_solver(second_moment, weight: float, dtype: torch.dtype) -> Solver:

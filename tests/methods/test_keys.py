@@ -65,3 +65,33 @@ def test_templates_are_seeded_and_well_formed(gpt2_tok):
     groups = memit_templates(model, gpt2_tok, seed=0)
     assert groups[0] == ["{}"] and len(groups[1]) == 5
     assert [t.split()[0] if t.split() else "" for t in groups[1]][0].startswith("The")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_key_reader_in_length_sorted_chunks(arch, gpt2_tok):
+    """MEMIT's keys and z_current read in many small length-sorted chunks (each text padded only to
+    its neighbours) equal one padded batch of all texts at every layer pass, with a weight changed
+    between passes as an edit does: to float64 rounding on GPT-2 (1e-16 measured), to 1e-6 where
+    transformers' eager attention takes its softmax in float32 (Llama: 1e-7 measured)."""
+    from fastedit.hparams import MEMITHyperParams
+    from fastedit.methods.memit import MemitKeyReader, _length_chunks
+    from fastedit.models import get_adapter
+    from fastedit.requests import EditRequest
+
+    assert _length_chunks([5, 1, 3, 9], 10) == [[1, 2], [0], [3]]
+    model = random_model(arch, dtype=torch.float64)
+    ad = get_adapter(model)
+    hp = MEMITHyperParams.from_dict({"layers": [1, 2], "v_loss_layer": 3}).resolve(ad, model)
+    reqs = [EditRequest.from_dict({"prompt": p, "subject": s, "target_new": "x"}) for p, s in [
+        ("{} plays the sport of", "LeBron James"), ("The mother tongue of {} is", "Danielle Darrieux"),
+        ("{} is", "Paris"), ("In the end, the capital city of {} turned out to be", "the Kingdom of Denmark")]]
+    groups = [["{}"], ["The weather was cold. {}", "Because of this, we know. {}"]]
+    one = MemitKeyReader(model, gpt2_tok, ad, reqs, hp, groups, chunk_tokens=10**6)
+    many = MemitKeyReader(model, gpt2_tok, ad, reqs, hp, groups, chunk_tokens=40)
+    assert len(one.chunks) == 1 and len(many.chunks) > 3
+    w = model.get_parameter(f"{hp.rewrite_module_tmp.format(1)}.weight")
+    for i in range(2):
+        (k1, z1), (k2, z2) = one.read(i), many.read(i)
+        assert float((k1 - k2).norm() / k1.norm()) < 1e-6 and float((z1 - z2).norm() / z1.norm()) < 1e-6
+        with torch.no_grad():
+            w.mul_(1.5)  # the edit of layer 1 changes what layer 2's pass reads
