@@ -360,19 +360,19 @@ class StepPrograms:
     def __init__(self, limit: int = 8):
         self.limit, self.programs, self.built = limit, OrderedDict(), 0
 
-    def get(self, stack: UpperStack, key: tuple, compile_step: bool) -> tuple[StepProgram | None, bool]:
-        """(the program for ``stack`` under ``key``, with ``stack``'s tensors loaded into it, whether
-        it was built just now); (None, False) for a stack whose step cannot be kept."""
+    def get(self, stack: UpperStack, key: tuple, compile_step: bool) -> StepProgram | None:
+        """The program for ``stack`` under ``key``, with ``stack``'s tensors loaded into it (built now
+        if there is none; ``built`` counts them); None for a stack whose step cannot be kept."""
         if not stack.buffers():
-            return None, False
+            return None
         key = (stack.signature(), key, compile_step)
         program = self.programs.get(key)
         if program is not None:
             self.programs.move_to_end(key)
             program.load(stack)
-            return program, False
+            return program
         program = self.programs[key] = StepProgram(stack, compile_step)
         self.built += 1
         while len(self.programs) > self.limit:
             self.programs.popitem(last=False)
-        return program, True
+        return program

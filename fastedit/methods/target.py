@@ -443,7 +443,7 @@ def _program(stack, v_init, hp, dtype, stopping: tuple, cuda_graph: bool, compil
     key = (dtype, n_iter, stopping, cuda_graph, hp.v_lr, hp.kl_factor, hp.v_weight_decay, hp.clamp_norm_factor)
     if cuda_graph:  # a CUDA graph reads each weight where it was when the graph was captured
         key += (tuple(p.data_ptr() for p in stack.model.parameters()),)
-    program, _ = (programs if programs is not None else StepPrograms()).get(stack, key, compile_step)
+    program = (programs if programs is not None else StepPrograms()).get(stack, key, compile_step)
     if program is None:
         return None
     if program.state is None:
