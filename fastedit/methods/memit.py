@@ -29,6 +29,7 @@ from .. import ops
 from ..errors import NumericalError
 from ..hparams import MEMITHyperParams
 from ..models.adapters import ModelAdapter
+from ..models.stack import owned_reader
 from ..models.tracing import record
 from ..profiling import region
 from ..requests import EditRequest, check_requests_fit
@@ -114,31 +115,24 @@ class MemitKeyReader:
         self.block = hp.layer_module_tmp
         self.rewrite = hp.rewrite_module_tmp
         self.z_block = self.block.format(hp.layers[-1])
+        # fastedit's own forward reads the same activations without module calls, where it covers the model
+        self.owned = owned_reader(model, adapter, hp, sorted({*hp.layers, *(l - 1 for l in hp.layers if l > 0)}))
         # per chunk, the residual stream entering block hp.layers[i-1]
         self._streams: list[torch.Tensor | None] = [None] * len(self.chunks)
 
     @torch.no_grad()
     def read(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         layers = self.hp.layers
-        key_name = self.rewrite.format(layers[i])
         # the stream entering the next pass's first layer, layers[i] (unchanged by W_{layers[i]})
-        keep = [self.block.format(layers[i] - 1)] if i + 1 < len(layers) and layers[i] > 0 else []
-        outputs = [self.z_block] + keep
+        keep = layers[i] - 1 if i + 1 < len(layers) and layers[i] > 0 else None
         n = self.n_req * self.n_t
         keys = z_all = None
         for c, (idx, batch, pos) in enumerate(self.chunks):
-            with record(self.model, inputs=[key_name], outputs=outputs, stop_after=self.z_block) as rec:
-                if i == 0 or self._streams[c] is None:
-                    self.model(**batch.model_inputs(), use_cache=False)
-                else:
-                    with self.adapter.upper_layers_only(self.model, layers[i - 1]) as base:
-                        base(inputs_embeds=self._streams[c], attention_mask=batch.attention_mask, use_cache=False)
-            if keep:
-                self._streams[c] = rec.outputs[keep[0]]
-            elif i + 1 < len(layers):
-                self._streams[c] = None  # layers[i] == 0: the next pass starts from the embeddings
+            stream = self._streams[c] if i > 0 else None
+            run = self._owned_pass if self.owned is not None else self._hooked_pass
+            key, z, self._streams[c] = run(batch, stream, layers[i - 1] if stream is not None else 0, layers[i], keep)
             rows = torch.arange(len(idx), device=idx.device)
-            k_c, z_c = rec.inputs[key_name][rows, pos], rec.outputs[self.z_block][rows, pos]
+            k_c, z_c = key[rows, pos], z[rows, pos]
             if keys is None:
                 keys, z_all = k_c.new_empty(n, k_c.shape[-1]), z_c.new_empty(n, z_c.shape[-1])
             keys[idx.to(keys.device)], z_all[idx.to(z_all.device)] = k_c, z_c
@@ -151,6 +145,28 @@ class MemitKeyReader:
         k = torch.stack([keys[:, a:b].mean(1) for a, b in bounds], 1).mean(1)
         z_cur = z_all.reshape(self.n_req, self.n_t, -1)[:, self.bare]
         return k.T, z_cur.T
+
+    def _owned_pass(self, batch, stream, start: int, layer: int, keep: int | None):
+        """Layers ``start`` .. the z layer on fastedit's own forward, from ``stream`` (the residual
+        stream entering ``start``) or the embeddings → (keys at ``layer``, z-layer outputs, the stream
+        entering ``keep`` + 1 or None), each (B, S, width)."""
+        z_layer = self.hp.layers[-1]
+        hidden = stream if stream is not None else self.owned.embed(batch.input_ids)
+        got = self.owned.read(hidden, batch.attention_mask, start, z_layer + 1, blocks=(z_layer, keep),
+                              mlp_inputs=(layer,))
+        return got["mlp_in", layer], got["block", z_layer], got.get(("block", keep))
+
+    def _hooked_pass(self, batch, stream, start: int, layer: int, keep: int | None):
+        """As :meth:`_owned_pass`, through the model's modules with hooks."""
+        key_name = self.rewrite.format(layer)
+        outputs = [self.z_block] + ([self.block.format(keep)] if keep is not None else [])
+        with record(self.model, inputs=[key_name], outputs=outputs, stop_after=self.z_block) as rec:
+            if stream is None:
+                self.model(**batch.model_inputs(), use_cache=False)
+            else:
+                with self.adapter.upper_layers_only(self.model, start) as base:
+                    base(inputs_embeds=stream, attention_mask=batch.attention_mask, use_cache=False)
+        return rec.inputs[key_name], rec.outputs[self.z_block], rec.outputs[outputs[1]] if keep is not None else None
 
 
 def _length_chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:

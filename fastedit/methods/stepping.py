@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..models.adapters import ModelAdapter, get_module
 from ..models.precision import LowPrecisionWeights
-from ..models.stack import upper_stack as model_stack
+from ..models.stack import owned_reader, upper_stack as model_stack
 from ..models.tracing import record
 from ..profiling import region
 from .keys import TokenBatch
@@ -218,15 +218,9 @@ def upper_stack(
     (stack, v_init (n, d) in the model's dtype: the δ site's output at each bare prompt's lookup
     token). With ``low_precision_weights`` the upper layers, final norm and heads run on their
     low-precision copies for as long as the context is open. ``bucketed``: see :meth:`UpperStack.place`."""
-    mlp_name = hp.mlp_module_tmp.format(layer)
-    block_name = hp.layer_module_tmp.format(layer)
     batch = prompts.batch
     with region("target/prefix"), torch.no_grad():
-        outs = [block_name] + ([mlp_name] if delta_site == "mlp" else [])
-        with record(model, outputs=outs, stop_after=block_name) as rec:
-            model(**batch.model_inputs(), use_cache=False)
-        hidden = rec.outputs[block_name]  # (B, S, d): residual stream after the edit layer
-        site = rec.outputs[mlp_name] if delta_site == "mlp" else hidden
+        hidden, site = _below(model, adapter, hp, batch, layer, delta_site)
         bare = torch.tensor(prompts.bare, device=site.device)
         v_init = site[bare, torch.tensor(prompts.lookup, device=site.device)[bare]].clone()
     run_dtype, swap = hidden.dtype, contextlib.nullcontext()
@@ -246,6 +240,24 @@ def upper_stack(
         with region("target/prefix"):
             stack.place(prompts, hidden, pack and stack.layers.packs, boolean_mask=True, bucketed=bucketed)
         yield stack, v_init
+
+
+def _below(model, adapter: ModelAdapter, hp, batch: TokenBatch, layer: int, delta_site: str):
+    """The padded prompts through layers 0..``layer`` → (the residual stream after ``layer``, the δ
+    site's output there: that stream, or ``layer``'s MLP output), each (B, S, d); on fastedit's own
+    forward where it covers the model, else with hooks on the model's modules."""
+    owned = owned_reader(model, adapter, hp, [layer])
+    if owned is not None:
+        got = owned.read(owned.embed(batch.input_ids), batch.attention_mask, 0, layer + 1, blocks=(layer,),
+                         mlps=(layer,) if delta_site == "mlp" else ())
+        hidden = got["block", layer]
+        return hidden, got["mlp", layer] if delta_site == "mlp" else hidden
+    block_name, mlp_name = hp.layer_module_tmp.format(layer), hp.mlp_module_tmp.format(layer)
+    outs = [block_name] + ([mlp_name] if delta_site == "mlp" else [])
+    with record(model, outputs=outs, stop_after=block_name) as rec:
+        model(**batch.model_inputs(), use_cache=False)
+    hidden = rec.outputs[block_name]
+    return hidden, rec.outputs[mlp_name] if delta_site == "mlp" else hidden
 
 
 def run_static(forward_loss, backward_update, n_iter: int, active, use_graph: bool, sync_stop: bool,

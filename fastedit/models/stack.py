@@ -1,4 +1,4 @@
-"""fastedit's own forward of the decoder layers above the edit layer.
+"""fastedit's own forward of a model's decoder layers: those above the edit layer, and reading passes.
 
 The target-value optimisation runs layers ``[start, n_layers)`` tens of times per edit. Through
 transformers' modules each layer costs about 0.2 ms of Python per pass (module calls, hooks,
@@ -8,7 +8,10 @@ read from its modules at every call (so fast mode's bf16 ``param.data`` swap and
 seen; nothing is copied), with its own key/value cache for packed prefixes.
 
 :func:`upper_stack` returns it, or :class:`ModuleStack` (transformers' modules, the same interface)
-for a model it does not cover, saying why in one log line per model.
+for a model it does not cover, saying why in one log line per model. :func:`owned_reader` gives the
+whole model as one, whose :meth:`OwnedStack.read` returns what hooks on a layer, its MLP and the MLP's
+output projection would record (the pass below the edit layer, MEMIT's key passes) without module
+calls; where it returns None its callers use hooks.
 
 Shapes: hidden states (rows, S, d); positions (rows, S); boolean masks (rows, 1, S_query, S_key),
 True where a query may attend to a key. Every function returns the hidden state after the final norm
@@ -28,7 +31,7 @@ from torch import nn
 
 from .adapters import ModelAdapter, get_module
 
-__all__ = ["upper_stack", "OwnedStack", "ModuleStack", "PrefixCache", "unsupported_reason", "ROPE_TYPES"]
+__all__ = ["upper_stack", "owned_reader", "OwnedStack", "ModuleStack", "PrefixCache", "unsupported_reason", "ROPE_TYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -78,20 +81,20 @@ def _qkv_neox(attn: nn.Module, h: torch.Tensor, rows: int):
     return _heads(_linear(attn.query_key_value, h), rows, 3 * attn.head_size).chunk(3, dim=-1)
 
 
-def _mlp_gpt2(mlp: nn.Module, h: torch.Tensor, act: Callable) -> torch.Tensor:
-    return _conv1d(mlp.c_proj, act(_conv1d(mlp.c_fc, h)))
+def _inner_gpt2(mlp: nn.Module, h: torch.Tensor, act: Callable) -> torch.Tensor:
+    return act(_conv1d(mlp.c_fc, h))
 
 
-def _mlp_gptj(mlp: nn.Module, h: torch.Tensor, act: Callable) -> torch.Tensor:
-    return _linear(mlp.fc_out, act(_linear(mlp.fc_in, h)))
+def _inner_gptj(mlp: nn.Module, h: torch.Tensor, act: Callable) -> torch.Tensor:
+    return act(_linear(mlp.fc_in, h))
 
 
-def _mlp_neox(mlp: nn.Module, h: torch.Tensor, act: Callable) -> torch.Tensor:
-    return _linear(mlp.dense_4h_to_h, act(_linear(mlp.dense_h_to_4h, h)))
+def _inner_neox(mlp: nn.Module, h: torch.Tensor, act: Callable) -> torch.Tensor:
+    return act(_linear(mlp.dense_h_to_4h, h))
 
 
-def _mlp_gated(mlp: nn.Module, h: torch.Tensor, act: Callable) -> torch.Tensor:
-    return _linear(mlp.down_proj, act(_linear(mlp.gate_proj, h)) * _linear(mlp.up_proj, h))
+def _inner_gated(mlp: nn.Module, h: torch.Tensor, act: Callable) -> torch.Tensor:
+    return act(_linear(mlp.gate_proj, h)) * _linear(mlp.up_proj, h)
 
 
 @dataclass(frozen=True)
@@ -103,23 +106,24 @@ class _Family:
     norm2: str | None  # None: the MLP reads norm1's output (GPT-J)
     # Token-wise parts work on (rows·S, width): one GEMM each, no view to undo in the backward pass.
     qkv: Callable  # (attention module, h (rows·S, d), rows) -> q (rows, H, S, hd), k, v (rows, H_kv, S, hd)
-    out: Callable  # (attention module, (rows·S, H·hd)) -> (rows·S, d)
-    mlp: Callable  # (mlp module, h, activation) -> (rows·S, d)
+    attn_out: str  # the attention's output projection
+    mlp_inner: Callable  # (mlp module, h, activation) -> (rows·S, d_ff): the input of its output projection
+    mlp_down: str  # the MLP's output projection (the module MEMIT-family methods edit)
+    project: Callable  # (projection module, x) -> x Wᵀ + b in this family's weight layout
     parallel: Callable[[nn.Module], bool]  # attention and MLP both read the layer's input
     rope: str | None  # None, "half" (rotate_half, Llama/NeoX) or "pairs" (rotate-every-two, GPT-J)
     act_key: str  # the config attribute naming the MLP activation
 
 
 _FAMILIES = {
-    "gpt2": _Family("attn", "ln_1", "ln_2", _qkv_gpt2, lambda a, x: _conv1d(a.c_proj, x), _mlp_gpt2,
+    "gpt2": _Family("attn", "ln_1", "ln_2", _qkv_gpt2, "c_proj", _inner_gpt2, "c_proj", _conv1d,
                     lambda _: False, None, "activation_function"),
-    "gptj": _Family("attn", "ln_1", None, _qkv_separate, lambda a, x: _linear(a.out_proj, x), _mlp_gptj,
+    "gptj": _Family("attn", "ln_1", None, _qkv_separate, "out_proj", _inner_gptj, "fc_out", _linear,
                     lambda _: True, "pairs", "activation_function"),
-    "gpt_neox": _Family("attention", "input_layernorm", "post_attention_layernorm", _qkv_neox,
-                        lambda a, x: _linear(a.dense, x), _mlp_neox, lambda layer: bool(layer.use_parallel_residual),
-                        "half", "hidden_act"),
-    "llama": _Family("self_attn", "input_layernorm", "post_attention_layernorm", _qkv_separate,
-                     lambda a, x: _linear(a.o_proj, x), _mlp_gated, lambda _: False, "half", "hidden_act"),
+    "gpt_neox": _Family("attention", "input_layernorm", "post_attention_layernorm", _qkv_neox, "dense", _inner_neox,
+                        "dense_4h_to_h", _linear, lambda layer: bool(layer.use_parallel_residual), "half", "hidden_act"),
+    "llama": _Family("self_attn", "input_layernorm", "post_attention_layernorm", _qkv_separate, "o_proj",
+                     _inner_gated, "down_proj", _linear, lambda _: False, "half", "hidden_act"),
 }
 _FAMILIES["mistral"] = _FAMILIES["qwen2"] = _FAMILIES["llama"]
 
@@ -194,7 +198,7 @@ class OwnedStack:
 
     def __init__(self, model: nn.Module, adapter: ModelAdapter, start: int):
         cfg = model.config
-        self.model, self.start = model, start
+        self.model, self.adapter, self.start = model, adapter, start
         self.family = _FAMILIES[cfg.model_type]
         self.base = get_module(model, adapter.base_model)
         self.layers = list(get_module(model, adapter.layers))[start:]
@@ -235,15 +239,43 @@ class OwnedStack:
         :meth:`suffix`."""
         B, S = attention_mask.shape
         pos = torch.arange(S, device=hidden.device).expand(B, S)
-        idx = torch.arange(S, device=hidden.device)
-        ok = (idx[None, :] <= idx[:, None]) & attention_mask.bool()[:, None, :]
-        ok |= torch.eye(S, dtype=torch.bool, device=hidden.device)  # no empty row under padding
+        ok = _padded_causal(attention_mask)
         return self._layers(hidden, pos, pos, ok[:, None], None, None, capture, self._rope_table(hidden, S))
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """The LM head on final-normed hidden states (..., d) → (..., vocab)."""
         head = self.model.get_output_embeddings()
         return F.linear(h, head.weight, getattr(head, "bias", None))
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, S) at positions 0..S-1 → the residual stream entering layer 0 (B, S, d):
+        the token embeddings, plus the learned position embeddings where the family has them."""
+        x = F.embedding(input_ids, self.model.get_input_embeddings().weight)
+        if self.adapter.position_embedding is not None:
+            wpe = get_module(self.model, self.adapter.position_embedding).weight
+            x = x + wpe[: input_ids.shape[1]]
+        return x
+
+    def read(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int,
+             blocks=(), mlp_inputs=(), mlps=()) -> dict:
+        """Layers ``[start, stop)`` (model indices, within this stack) over a right-padded batch:
+        ``hidden`` (B, S, d) the stream entering layer ``start``, ``attention_mask`` (B, S), positions
+        0..S-1. Returns {("block" | "mlp_in" | "mlp", layer): (B, S, width)}: the output of each layer
+        in ``blocks``, the input of the MLP's output projection of each in ``mlp_inputs`` and the MLP's
+        output of each in ``mlps``: what hooks on those modules would record, without module calls."""
+        B, S = attention_mask.shape
+        pos = torch.arange(S, device=hidden.device).expand(B, S)
+        rope = self._rope(self._rope_table(hidden, S), pos)
+        masks = self._window_masks(_padded_causal(attention_mask)[:, None], pos, pos)
+        x, out = hidden.reshape(B * S, -1), {}
+        for layer in range(start, stop):
+            i, tap = layer - self.start, {}
+            x = self._block(self.layers[i], x, B, rope, masks[self.windows[i]], tap=tap)
+            for kind, wanted, value in (("block", blocks, x), ("mlp_in", mlp_inputs, tap["mlp_in"]),
+                                        ("mlp", mlps, tap["mlp"])):
+                if layer in wanted:
+                    out[kind, layer] = value.view(B, S, -1)
+        return out
 
     # -------------------------------------------------------------- the loop over layers
     def _rope_table(self, x: torch.Tensor, n: int):
@@ -265,38 +297,62 @@ class OwnedStack:
         return _Rope(table[0][positions][:, None], table[1][positions][:, None], self.family.rope)
 
     def _layers(self, x, q_pos, k_pos, mask, cache, keep_kv, capture, rope_table):
-        fam, act = self.family, self.act
         rope = self._rope(rope_table, q_pos)
-        masks = {None: mask}
-        for w in set(self.windows) - {None}:
-            masks[w] = mask & ((q_pos[:, :, None] - k_pos[:, None, :]) < w)[:, None]
+        masks = self._window_masks(mask, q_pos, k_pos)
         captured = None
         shape = x.shape
         rows, x = shape[0], x.reshape(-1, shape[-1])
         for i, layer in enumerate(self.layers):
-            attn = getattr(layer, fam.attn)
-            h = _norm(getattr(layer, fam.norm1), x)
-            q, k, v = fam.qkv(attn, h, rows)
-            if rope is not None:
-                q, k = rope(q), rope(k)
-            if keep_kv is not None:
-                keep_kv.append((k, v))
-            if cache is not None:
-                k = torch.cat((cache.keys[i], k), dim=2)
-                v = torch.cat((cache.values[i], v), dim=2)
-            o = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=masks[self.windows[i]], scale=attn.scaling, enable_gqa=k.shape[1] != q.shape[1]
-            )
-            a = fam.out(attn, o.transpose(1, 2).reshape(x.shape[0], -1))
-            if fam.parallel(layer):
-                m_in = h if fam.norm2 is None else _norm(getattr(layer, fam.norm2), x)
-                x = a + fam.mlp(layer.mlp, m_in, act) + x
-            else:
-                x = x + a
-                x = x + fam.mlp(layer.mlp, _norm(getattr(layer, fam.norm2), x), act)
+            past = (cache.keys[i], cache.values[i]) if cache is not None else None
+            x = self._block(layer, x, rows, rope, masks[self.windows[i]], past, keep_kv)
             if capture == self.start + i:
                 captured = x.view(shape)
         return _norm(self.final_norm, x).view(shape), captured
+
+    def _window_masks(self, mask, q_pos, k_pos) -> dict:
+        """The mask for full attention (key None) and for each sliding window the layers use."""
+        masks = {None: mask}
+        for w in set(self.windows) - {None}:
+            masks[w] = mask & ((q_pos[:, :, None] - k_pos[:, None, :]) < w)[:, None]
+        return masks
+
+    def _block(self, layer, x, rows, rope, mask, past=None, keep_kv=None, tap=None) -> torch.Tensor:
+        """One decoder layer: x (rows·S, d) → the residual stream after it. ``past``: cached (keys,
+        values) to attend to before x's own; ``keep_kv`` receives x's (keys, values); ``tap`` (a dict)
+        receives the MLP's inner activation ("mlp_in", (rows·S, d_ff)) and its output ("mlp")."""
+        fam = self.family
+        attn = getattr(layer, fam.attn)
+        h = _norm(getattr(layer, fam.norm1), x)
+        q, k, v = fam.qkv(attn, h, rows)
+        if rope is not None:
+            q, k = rope(q), rope(k)
+        if keep_kv is not None:
+            keep_kv.append((k, v))
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling,
+                                           enable_gqa=k.shape[1] != q.shape[1])
+        a = fam.project(getattr(attn, fam.attn_out), o.transpose(1, 2).reshape(x.shape[0], -1))
+        parallel = fam.parallel(layer)
+        if parallel:
+            m_in = h if fam.norm2 is None else _norm(getattr(layer, fam.norm2), x)
+        else:
+            x = x + a
+            m_in = _norm(getattr(layer, fam.norm2), x)
+        inner = fam.mlp_inner(layer.mlp, m_in, self.act)
+        m = fam.project(getattr(layer.mlp, fam.mlp_down), inner)
+        if tap is not None:
+            tap["mlp_in"], tap["mlp"] = inner, m
+        return a + m + x if parallel else x + m
+
+
+def _padded_causal(attention_mask: torch.Tensor) -> torch.Tensor:
+    """A right-padded batch's (B, S) attention mask → (B, S, S): causal, padding keys masked, and
+    each padded query sees itself (no empty row)."""
+    S = attention_mask.shape[1]
+    idx = torch.arange(S, device=attention_mask.device)
+    ok = (idx[None, :] <= idx[:, None]) & attention_mask.bool()[:, None, :]
+    return ok | torch.eye(S, dtype=torch.bool, device=attention_mask.device)
 
 
 # ----------------------------------------------------------------------------- the fallback
@@ -396,9 +452,9 @@ def unsupported_reason(model: nn.Module, adapter: ModelAdapter, start: int = 0) 
         return "the model is in training mode (dropout)"
     if getattr(cfg, "add_cross_attention", False):
         return "the model has cross-attention layers"
-    if any(hasattr(m, "_hf_hook") for m in model.modules()):
+    dispatched, devices = _placement(model)
+    if dispatched:
         return "the model is dispatched by accelerate (a device_map)"
-    devices = {p.device for p in model.parameters()}
     if len(devices) > 1 or any(d.type == "meta" for d in devices):
         return f"the model's parameters are on {sorted(map(str, devices))}"
     if _FAMILIES[cfg.model_type].rope == "half":
@@ -425,6 +481,17 @@ def unsupported_reason(model: nn.Module, adapter: ModelAdapter, start: int = 0) 
     return None
 
 
+def _placement(model: nn.Module) -> tuple[bool, set]:
+    """(whether accelerate hooks any module, the devices of the parameters), in one walk over the
+    modules' own dicts (``hasattr`` on a module costs a raised AttributeError each)."""
+    dispatched, devices = False, set()
+    for module in model.modules():
+        own = module.__dict__
+        dispatched = dispatched or "_hf_hook" in own
+        devices.update(p.device for p in own["_parameters"].values() if p is not None)
+    return dispatched, devices
+
+
 _reported: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
@@ -438,3 +505,24 @@ def upper_stack(model: nn.Module, adapter: ModelAdapter, start: int) -> OwnedSta
         _reported[model] = reason
         log.warning("running the layers above the edit layer through transformers' modules (slower): %s", reason)
     return ModuleStack(model, adapter, start)
+
+
+def owned_reader(model: nn.Module, adapter: ModelAdapter, hp, layers) -> OwnedStack | None:
+    """The whole model as an :class:`OwnedStack` (from layer 0) for :meth:`OwnedStack.read`, when it
+    covers ``model`` and, at each of ``layers``, the hyperparameters' ``layer_module_tmp``,
+    ``mlp_module_tmp`` and ``rewrite_module_tmp`` name the layer, its MLP and the MLP's output
+    projection (what ``read`` taps). Else None: the caller records those modules with hooks."""
+    if unsupported_reason(model, adapter, 0) is not None:
+        return None
+    stack = OwnedStack(model, adapter, 0)
+    for layer in layers:
+        block = stack.layers[layer]
+        wanted = ((hp.layer_module_tmp, block), (hp.mlp_module_tmp, block.mlp),
+                  (hp.rewrite_module_tmp, getattr(block.mlp, stack.family.mlp_down)))
+        for template, module in wanted:
+            try:
+                if template and get_module(model, template.format(layer)) is not module:
+                    return None
+            except LookupError:
+                return None
+    return stack

@@ -95,3 +95,52 @@ def test_key_reader_in_length_sorted_chunks(arch, gpt2_tok):
         assert float((k1 - k2).norm() / k1.norm()) < 1e-6 and float((z1 - z2).norm() / z1.norm()) < 1e-6
         with torch.no_grad():
             w.mul_(1.5)  # the edit of layer 1 changes what layer 2's pass reads
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2"])
+def test_key_reader_owned_forward_equals_hooks(arch, gpt2_tok):
+    """The key reader on fastedit's own forward gives the keys and z_current that hooks on the
+    model's modules record, at every layer pass, with the edited weight changed between passes (float64)."""
+    from fastedit.hparams import MEMITHyperParams
+    from fastedit.methods.memit import MemitKeyReader
+    from fastedit.models import get_adapter
+    from fastedit.requests import EditRequest
+
+    model = random_model(arch, dtype=torch.float64)
+    ad = get_adapter(model)
+    hp = MEMITHyperParams.from_dict({"layers": [0, 1, 2], "v_loss_layer": 3}).resolve(ad, model)
+    reqs = [EditRequest.from_dict({"prompt": p, "subject": s, "target_new": "x"}) for p, s in [
+        ("{} plays the sport of", "LeBron James"), ("The mother tongue of {} is", "Danielle Darrieux")]]
+    groups = [["{}"], ["The weather was cold. {}", "Because of this, we know. {}"]]
+    owned = MemitKeyReader(model, gpt2_tok, ad, reqs, hp, groups, chunk_tokens=40)
+    hooked = MemitKeyReader(model, gpt2_tok, ad, reqs, hp, groups, chunk_tokens=40)
+    assert owned.owned is not None
+    hooked.owned = None
+    for i, layer in enumerate(hp.layers):
+        (k1, z1), (k2, z2) = owned.read(i), hooked.read(i)
+        assert float((k1 - k2).norm() / k2.norm()) < 1e-6 and float((z1 - z2).norm() / z2.norm()) < 1e-6
+        with torch.no_grad():
+            model.get_parameter(f"{hp.rewrite_module_tmp.format(layer)}.weight").mul_(1.5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "llama"])
+@pytest.mark.parametrize("delta_site", ["block", "mlp"])
+def test_prefix_pass_owned_forward_equals_hooks(arch, delta_site, gpt2_tok, monkeypatch):
+    """The pass below the edit layer (the residual stream after it and the δ site's output) on
+    fastedit's own forward equals the hooked pass through the model's modules (float64)."""
+    from fastedit.hparams import MEMITHyperParams
+    from fastedit.methods import stepping
+    from fastedit.methods.keys import tokenize_batch
+    from fastedit.models import get_adapter
+
+    model = random_model(arch, dtype=torch.float64)
+    ad = get_adapter(model)
+    hp = MEMITHyperParams.from_dict({"layers": [1], "v_loss_layer": 3}).resolve(ad, model)
+    batch = tokenize_batch(gpt2_tok, ["LeBron James plays the sport of", "The mother tongue of Danielle is"], "cpu")
+    with torch.no_grad():
+        owned = stepping._below(model, ad, hp, batch, 1, delta_site)
+        monkeypatch.setattr(stepping, "owned_reader", lambda *a: None)
+        hooked = stepping._below(model, ad, hp, batch, 1, delta_site)
+    valid = batch.attention_mask.bool()
+    for a, b in zip(owned, hooked):
+        assert float((a[valid] - b[valid]).norm() / b[valid].norm()) < 1e-6

@@ -2,8 +2,10 @@
 
 On float64 random-weight models of every family and variant: hidden states after the final norm,
 logits and a captured layer's output agree to a relative Frobenius error of 1e-6, for a padded batch
-and for packed prefixes cached then packed suffixes; what the owned forward does not cover runs
-through transformers' modules after one logged line.
+and for packed prefixes cached then packed suffixes; so do the activations the owned forward reads
+from the embeddings up (layer outputs, MLP inputs of the output projection, MLP outputs), against
+hooks on transformers' modules; what the owned forward does not cover runs through transformers'
+modules after one logged line.
 """
 
 import logging
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 from fastedit.models import get_adapter, random_model, record
-from fastedit.models.stack import ModuleStack, OwnedStack, upper_stack
+from fastedit.models.stack import ModuleStack, OwnedStack, owned_reader, upper_stack
 
 TOL = 1e-6
 ROPE_THETA = 10000.0
@@ -92,6 +94,47 @@ def test_padded_forward_equals_transformers(variant, attn):
     assert rel(h[valid], hidden[valid]) < TOL
     assert rel(lg[valid], logits[valid]) < TOL
     assert rel(cap[valid], layer_out[valid]) < TOL
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_read_equals_hooks_on_transformers(variant, attn):
+    """``embed`` + ``read`` from layer 0, and ``read`` from a stream entering a middle layer, give what
+    hooks record on transformers' forward: layer outputs, the input of the MLP's output projection
+    (MEMIT's keys) and the MLP's output."""
+    model = build(variant, attn)
+    ad = get_adapter(model)
+    ids, mask = batch()
+    names = {"block0": ad.layer_module_tmp.format(0), "block2": ad.layer_module_tmp.format(2),
+             "mlp2": ad.mlp_module_tmp.format(2), "down1": ad.rewrite_module_tmp.format(1)}
+    with torch.no_grad(), record(model, inputs=[names["down1"]],
+                                 outputs=[names["block0"], names["block2"], names["mlp2"]]) as rec:
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    stack = owned_reader(model, ad, ad, [0, 1, 2])
+    assert isinstance(stack, OwnedStack)
+    with torch.no_grad():
+        got = stack.read(stack.embed(ids), mask, 0, 3, blocks=(0, 2), mlp_inputs=(1,), mlps=(2,))
+        mid = stack.read(rec.outputs[names["block0"]], mask, 1, 3, blocks=(2,), mlp_inputs=(1,))
+    valid = mask.bool()
+    assert set(got) == {("block", 0), ("block", 2), ("mlp_in", 1), ("mlp", 2)}
+    for key, name in ((("block", 0), "block0"), (("block", 2), "block2"), (("mlp", 2), "mlp2")):
+        assert rel(got[key][valid], rec.outputs[names[name]][valid]) < TOL, key
+    assert rel(got["mlp_in", 1][valid], rec.inputs[names["down1"]][valid]) < TOL
+    assert rel(mid["block", 2][valid], rec.outputs[names["block2"]][valid]) < TOL
+    assert rel(mid["mlp_in", 1][valid], rec.inputs[names["down1"]][valid]) < TOL
+
+
+def test_owned_reader_only_for_the_modules_it_reads():
+    """Hyperparameters that name another module as the edited one (an attention projection) or a
+    model it does not cover get None: their callers record with hooks instead."""
+    from dataclasses import replace
+
+    model = build("llama")
+    ad = get_adapter(model)
+    assert owned_reader(model, ad, ad, [1]) is not None
+    assert owned_reader(model, ad, replace(ad, rewrite_module_tmp="model.layers.{}.self_attn.o_proj"), [1]) is None
+    assert owned_reader(model, ad, replace(ad, mlp_module_tmp="model.layers.{}.nothing"), [1]) is None
+    assert owned_reader(model.train(), ad, ad, [1]) is None
 
 
 def pack(lengths, lookups):
