@@ -15,7 +15,8 @@
 
 The keys and z_current of every layer come from the template prompts' activations: the first pass
 runs the model up to block L; after W_l changes, the next pass restarts from the residual stream
-entering block l (which the change cannot affect) instead of from the embeddings.
+entering block l (which the change cannot affect) instead of from the embeddings. Above layer l only
+the bare prompts go on to block L (z_current is read there alone), on fastedit's own forward.
 """
 
 from __future__ import annotations
@@ -117,8 +118,9 @@ class MemitKeyReader:
         self.z_block = self.block.format(hp.layers[-1])
         # fastedit's own forward reads the same activations without module calls, where it covers the model
         self.owned = owned_reader(model, adapter, hp, sorted({*hp.layers, *(l - 1 for l in hp.layers if l > 0)}))
-        # per chunk, the residual stream entering block hp.layers[i-1]
+        # per chunk, the residual stream entering block hp.layers[i-1], and its rows of bare prompts
         self._streams: list[torch.Tensor | None] = [None] * len(self.chunks)
+        self._bare_rows = [torch.nonzero(idx % self.n_t == self.bare).flatten() for idx, _, _ in self.chunks]
 
     @torch.no_grad()
     def read(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,12 +132,13 @@ class MemitKeyReader:
         for c, (idx, batch, pos) in enumerate(self.chunks):
             stream = self._streams[c] if i > 0 else None
             run = self._owned_pass if self.owned is not None else self._hooked_pass
-            key, z, self._streams[c] = run(batch, stream, layers[i - 1] if stream is not None else 0, layers[i], keep)
-            rows = torch.arange(len(idx), device=idx.device)
-            k_c, z_c = key[rows, pos], z[rows, pos]
+            key, z_rows, z, self._streams[c] = run(batch, stream, layers[i - 1] if stream is not None else 0,
+                                                   layers[i], keep, self._bare_rows[c])
+            k_c = key[torch.arange(len(idx), device=idx.device), pos]
+            z_c = z[torch.arange(len(z_rows), device=idx.device), pos[z_rows]]
             if keys is None:
                 keys, z_all = k_c.new_empty(n, k_c.shape[-1]), z_c.new_empty(n, z_c.shape[-1])
-            keys[idx.to(keys.device)], z_all[idx.to(z_all.device)] = k_c, z_c
+            keys[idx.to(keys.device)], z_all[idx[z_rows].to(z_all.device)] = k_c, z_c
         keys = keys.reshape(self.n_req, self.n_t, -1)
         bounds, start = [], 0
         for g in self.groups:
@@ -146,18 +149,23 @@ class MemitKeyReader:
         z_cur = z_all.reshape(self.n_req, self.n_t, -1)[:, self.bare]
         return k.T, z_cur.T
 
-    def _owned_pass(self, batch, stream, start: int, layer: int, keep: int | None):
-        """Layers ``start`` .. the z layer on fastedit's own forward, from ``stream`` (the residual
-        stream entering ``start``) or the embeddings → (keys at ``layer``, z-layer outputs, the stream
-        entering ``keep`` + 1 or None), each (B, S, width)."""
+    def _owned_pass(self, batch, stream, start: int, layer: int, keep: int | None, bare_rows: torch.Tensor):
+        """Layers ``start`` .. ``layer`` on fastedit's own forward for every row, from ``stream`` (the
+        residual stream entering ``start``) or the embeddings, then up to the z layer for the rows of
+        bare prompts only (z_current is read there alone) → (keys at ``layer`` (B, S, d_ff), the rows
+        z was computed for, their z-layer outputs, the stream entering ``keep`` + 1 (B, S, d) or None)."""
         z_layer = self.hp.layers[-1]
         hidden = stream if stream is not None else self.owned.embed(batch.input_ids)
-        got = self.owned.read(hidden, batch.attention_mask, start, z_layer + 1, blocks=(z_layer, keep),
+        got = self.owned.read(hidden, batch.attention_mask, start, layer + 1, blocks=(layer, keep),
                               mlp_inputs=(layer,))
-        return got["mlp_in", layer], got["block", z_layer], got.get(("block", keep))
+        z = got["block", layer][bare_rows]
+        if z_layer > layer and len(bare_rows):
+            z = self.owned.read(z, batch.attention_mask[bare_rows], layer + 1, z_layer + 1,
+                                blocks=(z_layer,))["block", z_layer]
+        return got["mlp_in", layer], bare_rows, z, got.get(("block", keep))
 
-    def _hooked_pass(self, batch, stream, start: int, layer: int, keep: int | None):
-        """As :meth:`_owned_pass`, through the model's modules with hooks."""
+    def _hooked_pass(self, batch, stream, start: int, layer: int, keep: int | None, bare_rows: torch.Tensor):
+        """As :meth:`_owned_pass`, through the model's modules with hooks (every row to the z layer)."""
         key_name = self.rewrite.format(layer)
         outputs = [self.z_block] + ([self.block.format(keep)] if keep is not None else [])
         with record(self.model, inputs=[key_name], outputs=outputs, stop_after=self.z_block) as rec:
@@ -166,7 +174,9 @@ class MemitKeyReader:
             else:
                 with self.adapter.upper_layers_only(self.model, start) as base:
                     base(inputs_embeds=stream, attention_mask=batch.attention_mask, use_cache=False)
-        return rec.inputs[key_name], rec.outputs[self.z_block], rec.outputs[outputs[1]] if keep is not None else None
+        z = rec.outputs[self.z_block]
+        every = torch.arange(z.shape[0], device=z.device)
+        return rec.inputs[key_name], every, z, rec.outputs[outputs[1]] if keep is not None else None
 
 
 def _length_chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:
