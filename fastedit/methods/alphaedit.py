@@ -188,8 +188,7 @@ class AlphaEdit(MemitFamily):
         out = super().compute(requests, precomputed_z)
         s = self.session
         with region("keys"):
-            reader = MemitKeyReader(s.model, s.tok, s.adapter, requests, s.hp, s.templates)
-            out.history = {layer: reader.read(i)[0] for i, layer in enumerate(s.hp.layers)}
+            out.history = MemitKeyReader(s.model, s.tok, s.adapter, requests, s.hp, s.templates).read_all()
         return out
 
     def history_added(self, layer: int, keys: torch.Tensor) -> None:

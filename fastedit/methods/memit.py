@@ -139,15 +139,41 @@ class MemitKeyReader:
             if keys is None:
                 keys, z_all = k_c.new_empty(n, k_c.shape[-1]), z_c.new_empty(n, z_c.shape[-1])
             keys[idx.to(keys.device)], z_all[idx[z_rows].to(z_all.device)] = k_c, z_c
+        z_cur = z_all.reshape(self.n_req, self.n_t, -1)[:, self.bare]
+        return self._average(keys), z_cur.T
+
+    @torch.no_grad()
+    def read_all(self) -> dict[int, torch.Tensor]:
+        """{layer: K (d_ff, n)} at every edit layer from one pass over the model as it is now (no
+        update between the layers: the keys of a batch already written, AlphaEdit's edit history)."""
+        layers, n = self.hp.layers, self.n_req * self.n_t
+        keys: dict[int, torch.Tensor] = {}
+        for idx, batch, pos in self.chunks:
+            if self.owned is not None:
+                got = self.owned.read(self.owned.embed(batch.input_ids), batch.attention_mask, 0, layers[-1] + 1,
+                                      mlp_inputs=layers)
+                per_layer = {layer: got["mlp_in", layer] for layer in layers}
+            else:
+                names = {layer: self.rewrite.format(layer) for layer in layers}
+                with record(self.model, inputs=list(names.values()), stop_after=self.block.format(layers[-1])) as rec:
+                    self.model(**batch.model_inputs(), use_cache=False)
+                per_layer = {layer: rec.inputs[name] for layer, name in names.items()}
+            for layer, k in per_layer.items():
+                k_c = k[torch.arange(len(idx), device=idx.device), pos]
+                if layer not in keys:
+                    keys[layer] = k_c.new_empty(n, k_c.shape[-1])
+                keys[layer][idx.to(k_c.device)] = k_c
+        return {layer: self._average(k) for layer, k in keys.items()}
+
+    def _average(self, keys: torch.Tensor) -> torch.Tensor:
+        """Per-text keys (n_req · n_t, d_ff), request-major → K (d_ff, n_req): the mean within each
+        template group, then across the groups, as the reference's compute_ks."""
         keys = keys.reshape(self.n_req, self.n_t, -1)
         bounds, start = [], 0
         for g in self.groups:
             bounds.append((start, start + len(g)))
             start += len(g)
-        # mean within each group, then across groups, as the reference's compute_ks
-        k = torch.stack([keys[:, a:b].mean(1) for a, b in bounds], 1).mean(1)
-        z_cur = z_all.reshape(self.n_req, self.n_t, -1)[:, self.bare]
-        return k.T, z_cur.T
+        return torch.stack([keys[:, a:b].mean(1) for a, b in bounds], 1).mean(1).T
 
     def _owned_pass(self, batch, stream, start: int, layer: int, keep: int | None, bare_rows: torch.Tensor):
         """Layers ``start`` .. ``layer`` on fastedit's own forward for every row, from ``stream`` (the

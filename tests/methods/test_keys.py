@@ -144,3 +144,30 @@ def test_prefix_pass_owned_forward_equals_hooks(arch, delta_site, gpt2_tok, monk
     valid = batch.attention_mask.bool()
     for a, b in zip(owned, hooked):
         assert float((a[valid] - b[valid]).norm() / b[valid].norm()) < 1e-6
+
+
+@pytest.mark.parametrize("owned", [True, False])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_read_all_equals_the_layer_passes(arch, owned, gpt2_tok):
+    """The keys of every edit layer from one pass (a written batch's, for an edit history) equal the
+    layer-by-layer passes on an unchanged model, on fastedit's own forward and with hooks (float64)."""
+    from fastedit.hparams import MEMITHyperParams
+    from fastedit.methods.memit import MemitKeyReader
+    from fastedit.models import get_adapter
+    from fastedit.requests import EditRequest
+
+    model = random_model(arch, dtype=torch.float64)
+    ad = get_adapter(model)
+    hp = MEMITHyperParams.from_dict({"layers": [0, 2], "v_loss_layer": 3}).resolve(ad, model)
+    reqs = [EditRequest.from_dict({"prompt": p, "subject": s, "target_new": "x"}) for p, s in [
+        ("{} plays the sport of", "LeBron James"), ("The mother tongue of {} is", "Danielle Darrieux")]]
+    groups = [["{}"], ["The weather was cold. {}", "Because of this, we know. {}"]]
+    one, each = (MemitKeyReader(model, gpt2_tok, ad, reqs, hp, groups, chunk_tokens=40) for _ in range(2))
+    if not owned:
+        one.owned = each.owned = None
+    got = one.read_all()
+    assert list(got) == list(hp.layers)
+    for i, layer in enumerate(hp.layers):
+        want = each.read(i)[0]
+        assert got[layer].shape == want.shape and want.shape[1] == len(reqs)
+        assert float((got[layer] - want).norm() / want.norm()) < 1e-12
