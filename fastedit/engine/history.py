@@ -2,8 +2,8 @@
 (AlphaEdit's K_pK_pᵀ, ENCORE's Σ_prev KKᵀ).
 
 It is a view of the journal (the active entries' ``history`` keys), so undo removes an edit's keys
-and a loaded session has them back; the Gram sums are kept on the CPU in float64 and updated as
-edits are recorded.
+and a loaded session has them back; the Gram sums a caller asks to keep are held on the CPU in
+float64 and updated as edits are recorded.
 """
 
 from __future__ import annotations
@@ -27,15 +27,22 @@ class EditHistory:
         """The active edits' keys at ``layer``, oldest first, each (d_ff, n) float32 on the CPU."""
         return [e.history[layer] for e in self.journal if e.active and layer in e.history]
 
-    def gram(self, layer: int) -> torch.Tensor | None:
-        """Σ K Kᵀ (d_ff, d_ff) float64 on the CPU over the active edits, or None when there are none."""
-        if layer not in self._gram:
-            keys = self.keys(layer)
-            if not keys:
-                return None
-            k = torch.cat(keys, 1).double()
-            self._gram[layer] = k @ k.T
-        return self._gram[layer]
+    def gram(self, layer: int, keep: bool = True) -> torch.Tensor | None:
+        """Σ K Kᵀ (d_ff, d_ff) float64 on the CPU over the active edits, or None when there are none.
+
+        ``keep``: hold the sum and add each later edit's keys to it (for a caller that reads it every
+        edit). A caller that keeps its own state from it passes False: nothing is held for it, so no
+        d_ff² float64 copy per layer and no update per edit (Llama-3-8B: 1.6 GB a layer)."""
+        if layer in self._gram:
+            return self._gram[layer]
+        keys = self.keys(layer)
+        if not keys:
+            return None
+        k = torch.cat(keys, 1).double()
+        gram = k @ k.T
+        if keep:
+            self._gram[layer] = gram
+        return gram
 
     def columns(self, layer: int) -> int:
         """How many key vectors the history of ``layer`` holds."""

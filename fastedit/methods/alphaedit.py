@@ -169,7 +169,7 @@ class AlphaEdit(MemitFamily):
         the first), kept across edits and grown by each edit's keys."""
         version = self.session.edit_history.version(layer)
         if layer not in self._prev or self._prev[layer][0] != version:
-            gram = self.session.edit_history.gram(layer)
+            gram = self.session.edit_history.gram(layer, keep=False)  # kept here, grown by history_added
             self._prev[layer] = (version, None if gram is None else gram.to(like.device, like.dtype))
         gram = self._prev[layer][1]
         return None if gram is None else gram.to(like.device, like.dtype)
@@ -178,7 +178,7 @@ class AlphaEdit(MemitFamily):
         """The factor of U_rᵀK_pK_pᵀU_r + L2·I_r, built from the history's Gram sum when missing."""
         if layer not in self._core:
             a = torch.eye(u.shape[1], dtype=u.dtype, device=u.device) * self.session.hp.L2
-            prev = self.session.edit_history.gram(layer)
+            prev = self.session.edit_history.gram(layer, keep=False)  # the factor is grown by history_added
             if prev is not None:
                 a += u.T @ prev.to(u.device, u.dtype) @ u
             self._core[layer] = GrowingCholesky(a, copy=False)

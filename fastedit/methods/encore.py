@@ -142,14 +142,15 @@ class ENCORE(MemitFamily):
             out.history = dict(self._keys)
         return out
 
-    def preserved(self, layer: int) -> torch.Tensor:
+    def preserved(self, layer: int, keep: bool = True) -> torch.Tensor:
         """A = λ_p C₀ + λ_n I + Σ_prev K Kᵀ (d_ff, d_ff) in the solve dtype, on C₀'s device, summed in
-        the reference's order."""
+        the reference's order. ``keep``: the history holds its Gram sum for the next call (see
+        :meth:`~fastedit.engine.history.EditHistory.gram`)."""
         hp = self.session.hp
         c = self.session.stats.second_moment(layer)
         a = c.to(self.dtype) * hp.mom2_update_weight
         a = a + hp.update_norm_lambda * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-        gram = self.session.edit_history.gram(layer) if hp.uses_history else None
+        gram = self.session.edit_history.gram(layer, keep=keep) if hp.uses_history else None
         if gram is not None:
             a = a + gram.to(a)
         return a
@@ -171,7 +172,7 @@ class ENCORE(MemitFamily):
 
     def _factor(self, layer: int) -> GrowingCholesky:
         if layer not in self._factors:
-            a = self.preserved(layer)
+            a = self.preserved(layer, keep=False)  # the factor is grown by history_added
             self._norms[layer] = float(a.norm())
             try:
                 self._factors[layer] = GrowingCholesky(a, copy=False)

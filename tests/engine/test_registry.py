@@ -153,3 +153,22 @@ def test_rome_family_computes_one_request_at_a_time(gpt2_tok, tmp_path, corpus):
         sess.compute(REQS[:2])
     with pytest.raises(InputError, match="list of strings"):
         EditSession(random_model("gpt2"), gpt2_tok, "r-rome", hp, templates=[["{}"]], progress=False)
+
+
+def test_edit_history_holds_a_gram_sum_only_when_asked(keeps_history, gpt2_tok, tmp_path, corpus):
+    """``gram(layer, keep=False)`` (for a method that grows its own copy) holds nothing; a kept sum
+    follows later edits; both equal the sum over the journal's keys."""
+    sess = _session(keeps_history, gpt2_tok, tmp_path, corpus)
+    sess.apply(REQS[0])
+    hist = sess.edit_history
+
+    def want():
+        k = torch.cat([e.history[1] for e in sess.journal], 1).double()
+        return k @ k.T
+
+    assert torch.allclose(hist.gram(1, keep=False), want()) and 1 not in hist._gram
+    sess.apply(REQS[1])
+    assert torch.allclose(hist.gram(1, keep=False), want()) and 1 not in hist._gram
+    assert torch.allclose(hist.gram(1), want()) and 1 in hist._gram
+    sess.apply(REQS[2])
+    assert torch.allclose(hist.gram(1, keep=False), want())
