@@ -194,264 +194,314 @@ def collect(
     ``dist``: the process group (default: the initialised one, if any). ``config``: extra fields that
     a checkpoint must match (the model name, say).
     """
-    dist = dist or current()
-    adapter = adapter or get_adapter(model)
     layer_names = list(layer_names)
     if not layer_names:
         raise ValueError("no layers to collect statistics for")
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    missing = [n for n in layer_names if n not in order]
-    if missing:
-        raise LookupError(f"model has no module(s) {missing}")
-    last = max(layer_names, key=order.__getitem__)
-    modules = {n: get_module(model, n) for n in layer_names}
-    widths = {n: _key_width(m, adapter.weight_is_in_out) for n, m in modules.items()}
-    emb = model.get_input_embeddings().weight
-    in_device, model_dtype = emb.device, emb.dtype
-    # each layer's sums live where its weight does (several GPUs under a device_map); weights offloaded
-    # by accelerate show the meta device, their keys are summed where the pass starts
-    acc_device = {n: (m.weight.device if m.weight.device.type != "meta" else in_device) for n, m in modules.items()}
-    kind = mask_kind(model)
-    limit = adapter.max_positions(model)
-    max_len = int(max_len or limit)
-    if max_len > limit:
-        raise ValueError(f"max_len {max_len} exceeds the model's {limit} positions")
-    rows_per_batch = int(rows or max(1, (batch_tokens or DEFAULT_BATCH_TOKENS) // max_len))
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    pad_id = min(int(pad_id), emb.shape[0] - 1)
+    run = _Pass(model, tok, adapter or get_adapter(model), layer_names, source, dist or current(), desc)
+    run.plan(n_samples, dtype, max_len, batch_tokens, rows, window_docs, check_every, converge, max_tokens,
+             checkpoint, checkpoint_every, config)
+    run.start(resume, progress)
+    seconds = run.run()
+    return run.result(seconds, n_samples)
 
-    idx = source.sample_indices(n_samples)
-    wdocs = int(window_docs or default_window_docs(len(idx)))
-    windows = [idx[s : s + wdocs] for s in range(0, len(idx), wdocs)]
-    mine = list(range(dist.rank, len(windows), dist.world))
 
-    tokens_per_step = rows_per_batch * max_len * dist.world
-    if check_every == "auto":
-        check_every = CHECK_EVERY_D_FF * max(widths.values())
-    check_steps = max(1, round(int(check_every) / tokens_per_step)) if check_every else None
-    if converge is not None and check_steps is None:
-        raise ValueError("converge needs check_every (the interval between the compared checkpoints)")
-    files = checkpoint_files(checkpoint, dist.rank, dist.world) if checkpoint is not None else None
-    ckpt_steps = None
-    if files is not None and checkpoint_every:
-        unit = check_steps or 1
-        ckpt_steps = unit * max(1, math.ceil(int(checkpoint_every) / tokens_per_step / unit))
-    sync_steps = check_steps or ckpt_steps
-    budget = math.ceil(max_tokens / dist.world) if max_tokens else None
+class _Pass:
+    """The state of one :func:`collect` pass: where each layer's sum lives, the batch and check
+    schedule, the resumable cursor (``state``), the sums (``accs``) and the last check's snapshot."""
 
-    # what fixes the sums (the stopping rules, converge and max_tokens, may change on resume)
-    cfg = {
-        "layers": layer_names,
-        "dtype": str(dtype).replace("torch.", ""),
-        "model_dtype": str(model_dtype).replace("torch.", ""),
-        "model_fingerprint": model_fingerprint(model),
-        "tokenizer": f"{type(tok).__name__}:{getattr(tok, 'name_or_path', '')}:{len(tok)}",
-        "corpus": source.name,
-        "corpus_documents": len(source),
-        "n_samples": n_samples,
-        "max_len": max_len,
-        "rows_per_batch": rows_per_batch,
-        "window_docs": wdocs,
-        "rank": dist.rank,
-        "world": dist.world,
-        "check_steps": check_steps,
-        "checkpoint_steps": ckpt_steps,
-        **(config or {}),
-    }
+    def __init__(self, model, tok, adapter: ModelAdapter, layer_names: list[str], source: TextSource,
+                 dist: DistContext, desc: str) -> None:
+        self.model, self.tok, self.adapter, self.layer_names, self.source = model, tok, adapter, layer_names, source
+        self.dist, self.desc = dist, desc
+        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        missing = [n for n in layer_names if n not in order]
+        if missing:
+            raise LookupError(f"model has no module(s) {missing}")
+        self.last = max(layer_names, key=order.__getitem__)
+        self.modules = {n: get_module(model, n) for n in layer_names}
+        self.widths = {n: _key_width(m, adapter.weight_is_in_out) for n, m in self.modules.items()}
+        emb = model.get_input_embeddings().weight
+        self.in_device, self.model_dtype = emb.device, emb.dtype
+        # each layer's sums live where its weight does (several GPUs under a device_map); weights offloaded
+        # by accelerate show the meta device, their keys are summed where the pass starts
+        self.acc_device = {n: (m.weight.device if m.weight.device.type != "meta" else self.in_device)
+                           for n, m in self.modules.items()}
+        self.kind = mask_kind(model)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        self.pad_id = min(int(pad_id), emb.shape[0] - 1)
+        self.valid_by_device: dict[torch.device, torch.Tensor] = {}
+        self.seen = {"windows": 0, "tokens": 0}
+        self.stop_reason = "corpus"
 
-    state = _resume_state(files, cfg, layer_names, acc_device, dist) if (files is not None and resume) else None
-    if state is None:
-        accs = {n: torch.zeros((widths[n], widths[n]), dtype=dtype, device=acc_device[n]) for n in layer_names}
-        state = PartialState(config=cfg, step=0, window=0, batch=0, count=0, documents=0, rows=0, padding=0, seconds=0.0)
-    else:
-        accs = state.accs
-        log.info("resuming statistics from %s: %d tokens, step %d", files.current.parent, state.count, state.step)
-    resumed = None if state.step == 0 else {"step": state.step, "tokens": None, "seconds": state.seconds}
-    snaps: dict[str, torch.Tensor] | None = None
-    if check_steps is not None and state.curve:
-        snaps = {n: a.clone() for n, a in accs.items()}  # a checkpoint is always taken at a check
+    # ------------------------------------------------------------------ setup
+    def plan(self, n_samples, dtype, max_len, batch_tokens, rows, window_docs, check_every, converge, max_tokens,
+             checkpoint, checkpoint_every, config) -> None:
+        """Rows, windows, the check and checkpoint cadence, and the configuration a checkpoint must match."""
+        dist = self.dist
+        limit = self.adapter.max_positions(self.model)
+        self.max_len = int(max_len or limit)
+        if self.max_len > limit:
+            raise ValueError(f"max_len {self.max_len} exceeds the model's {limit} positions")
+        self.rows_per_batch = int(rows or max(1, (batch_tokens or DEFAULT_BATCH_TOKENS) // self.max_len))
+        idx = self.source.sample_indices(n_samples)
+        wdocs = int(window_docs or default_window_docs(len(idx)))
+        self.windows = [idx[s : s + wdocs] for s in range(0, len(idx), wdocs)]
+        self.mine = list(range(dist.rank, len(self.windows), dist.world))
+        tokens_per_step = self.rows_per_batch * self.max_len * dist.world
+        if check_every == "auto":
+            check_every = CHECK_EVERY_D_FF * max(self.widths.values())
+        self.check_steps = max(1, round(int(check_every) / tokens_per_step)) if check_every else None
+        if converge is not None and self.check_steps is None:
+            raise ValueError("converge needs check_every (the interval between the compared checkpoints)")
+        self.converge = converge
+        self.files = checkpoint_files(checkpoint, dist.rank, dist.world) if checkpoint is not None else None
+        self.ckpt_steps = None
+        if self.files is not None and checkpoint_every:
+            unit = self.check_steps or 1
+            self.ckpt_steps = unit * max(1, math.ceil(int(checkpoint_every) / tokens_per_step / unit))
+        self.sync_steps = self.check_steps or self.ckpt_steps
+        self.budget = math.ceil(max_tokens / dist.world) if max_tokens else None
+        # what fixes the sums (the stopping rules, converge and max_tokens, may change on resume)
+        self.cfg = {
+            "layers": self.layer_names,
+            "dtype": str(dtype).replace("torch.", ""),
+            "model_dtype": str(self.model_dtype).replace("torch.", ""),
+            "model_fingerprint": model_fingerprint(self.model),
+            "tokenizer": f"{type(self.tok).__name__}:{getattr(self.tok, 'name_or_path', '')}:{len(self.tok)}",
+            "corpus": self.source.name,
+            "corpus_documents": len(self.source),
+            "n_samples": n_samples,
+            "max_len": self.max_len,
+            "rows_per_batch": self.rows_per_batch,
+            "window_docs": wdocs,
+            "rank": dist.rank,
+            "world": dist.world,
+            "check_steps": self.check_steps,
+            "checkpoint_steps": self.ckpt_steps,
+            **(config or {}),
+        }
+        self.dtype = dtype
 
-    valid_by_device: dict[torch.device, torch.Tensor] = {}
+    def start(self, resume: bool, progress: bool) -> None:
+        """The sums and cursor: fresh, or from the newest checkpoint every rank holds."""
+        files = self.files
+        state = _resume_state(files, self.cfg, self.layer_names, self.acc_device, self.dist) \
+            if (files is not None and resume) else None
+        if state is None:
+            self.accs = {n: torch.zeros((w, w), dtype=self.dtype, device=self.acc_device[n]) for n, w in self.widths.items()}
+            state = PartialState(config=self.cfg, step=0, window=0, batch=0, count=0, documents=0, rows=0, padding=0,
+                                 seconds=0.0)
+        else:
+            self.accs = state.accs
+            log.info("resuming statistics from %s: %d tokens, step %d", files.current.parent, state.count, state.step)
+        self.state = state
+        self.resumed = None if state.step == 0 else {"step": state.step, "tokens": None, "seconds": state.seconds}
+        self.snaps: dict[str, torch.Tensor] | None = None
+        if self.check_steps is not None and state.curve:
+            self.snaps = {n: a.clone() for n, a in self.accs.items()}  # a checkpoint is always taken at a check
+        self.show = progress and self.dist.is_main
+        self.count_start, self.seconds_before, self.last_sync = state.count, state.seconds, state.step
+        self.done = state.window >= len(self.mine) or (self.budget is not None and state.count >= self.budget)
 
-    def make_hook(name: str):
+    # ------------------------------------------------------------------ the pass
+    def _hook(self, name: str):
         def hook(_mod, args, kwargs):
             x = args[0] if args else next(iter(kwargs.values()))
-            acc = accs[name]
+            acc = self.accs[name]
             if x.device != acc.device:  # device_map: keys live where their layer does
                 x = x.to(acc.device)
-            v = valid_by_device.get(acc.device)
+            v = self.valid_by_device.get(acc.device)
             if v is None:
-                v = valid_by_device[acc.device] = next(iter(valid_by_device.values())).to(acc.device)
+                v = self.valid_by_device[acc.device] = next(iter(self.valid_by_device.values())).to(acc.device)
             ops.second_moment_accumulate_(acc, x, v)
-            if name == last:
+            if name == self.last:
                 raise StopForward
 
         return hook
 
-    def prepare(wpos: int) -> list[PackedBatch]:
-        texts = [source.docs[i] for i in windows[mine[wpos]]]
+    def _prepare(self, wpos: int) -> list[PackedBatch]:
+        texts = [self.source.docs[i] for i in self.windows[self.mine[wpos]]]
         if texts and not isinstance(texts[0], str):  # already token ids
-            ids = [list(t[:max_len]) for t in texts]
+            ids = [list(t[: self.max_len]) for t in texts]
         else:
             with region("stats/tokenize"):
-                ids = tok(texts, truncation=True, max_length=max_len, add_special_tokens=True)["input_ids"]
-        return pack_documents(ids, max_len, rows_per_batch, pad_id)
+                ids = self.tok(texts, truncation=True, max_length=self.max_len, add_special_tokens=True)["input_ids"]
+        return pack_documents(ids, self.max_len, self.rows_per_batch, self.pad_id)
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastedit-tokenize")
-    seen = {"windows": 0, "tokens": 0}
-
-    def batches_from(wpos0: int, b0: int):
-        fut = pool.submit(prepare, wpos0) if wpos0 < len(mine) else None
-        for wpos in range(wpos0, len(mine)):
+    def _batches(self, pool: ThreadPoolExecutor, wpos0: int, b0: int):
+        """(window position, batch index, batch) from the cursor on; the next window is tokenised in
+        ``pool`` while this one runs."""
+        n = len(self.mine)
+        fut = pool.submit(self._prepare, wpos0) if wpos0 < n else None
+        for wpos in range(wpos0, n):
             batches = fut.result()
-            fut = pool.submit(prepare, wpos + 1) if wpos + 1 < len(mine) else None
-            seen["windows"] += 1
-            seen["tokens"] += sum(b.tokens for b in batches)
+            fut = pool.submit(self._prepare, wpos + 1) if wpos + 1 < n else None
+            self.seen["windows"] += 1
+            self.seen["tokens"] += sum(b.tokens for b in batches)
             for b in range(b0 if wpos == wpos0 else 0, len(batches)):
                 yield wpos, b, batches[b]
 
-    show = progress and dist.is_main
-    bar = tqdm(total=None, initial=state.count, unit="tok", unit_scale=True, disable=not show, desc=desc, smoothing=0.1)
-    handles = [modules[n].register_forward_pre_hook(make_hook(n), with_kwargs=True) for n in layer_names]
-    stop_reason = "corpus"
-    count_start, t0 = state.count, time.perf_counter()
-    last_sync = state.step
-    done = state.window >= len(mine) or (budget is not None and state.count >= budget)
+    def _forward(self, wpos: int, b: int, batch: PackedBatch) -> None:
+        """One packed batch through the model up to the last hooked projection; the cursor moves on."""
+        dev, state = self.in_device, self.state
+        self.valid_by_device.clear()
+        self.valid_by_device[dev] = batch.valid.to(dev, non_blocking=True)
+        ids = batch.input_ids.to(dev, non_blocking=True)
+        kwargs = {}
+        if not batch.single:
+            seg = batch.segments.to(dev, non_blocking=True)
+            kwargs["attention_mask"] = block_causal_mask(seg, self.kind, self.model_dtype)
+            kwargs["position_ids"] = batch.position_ids().to(dev, non_blocking=True)
+        with region("stats/forward"):
+            try:
+                self.model(input_ids=ids, use_cache=False, **kwargs)
+            except StopForward:
+                pass
+        state.step += 1
+        state.window, state.batch = wpos, b + 1
+        state.count += batch.tokens
+        state.documents += batch.documents
+        state.rows += batch.input_ids.shape[0]
+        state.padding += batch.padding
+        if self.show:
+            if self.seen["windows"]:
+                est = self.seen["tokens"] / self.seen["windows"] * len(self.mine)
+                self.bar.total = int(min(est, self.budget) if self.budget else est)
+            self.bar.update(batch.tokens)
+        if self.budget is not None and state.count >= self.budget:
+            self.done, self.stop_reason = True, "max_tokens"
 
-    def sync(all_local_done: bool) -> bool:
+    def run(self) -> float:
+        """The pass from the cursor to the end (corpus, budget, convergence); returns its seconds."""
+        state, dist = self.state, self.dist
+        self.bar = tqdm(total=None, initial=state.count, unit="tok", unit_scale=True, disable=not self.show,
+                        desc=self.desc, smoothing=0.1)
+        handles = [self.modules[n].register_forward_pre_hook(self._hook(n), with_kwargs=True) for n in self.layer_names]
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastedit-tokenize")
+        self.t0 = time.perf_counter()
+        it = self._batches(pool, state.window, state.batch)
+        try:
+            while True:
+                item = None if self.done else next(it, None)
+                if item is not None:
+                    self._forward(*item)
+                    if self.sync_steps is not None and state.step % self.sync_steps == 0 and self._sync(self.done):
+                        break
+                    continue
+                # nothing left on this rank
+                if not self.done:
+                    self.done = True
+                    state.window, state.batch = len(self.mine), 0
+                if not dist.active:
+                    if self.check_steps is not None and state.step != self.last_sync:
+                        self._sync(True)
+                    break
+                if self.sync_steps is None:
+                    break
+                # an idle rank still takes part in every check until all ranks are done
+                state.step = (self.last_sync // self.sync_steps + 1) * self.sync_steps
+                if self._sync(True):
+                    break
+        finally:
+            for h in handles:
+                h.remove()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.bar.close()
+        return time.perf_counter() - self.t0
+
+    # ------------------------------------------------------------------ checks
+    def _sync(self, all_local_done: bool) -> bool:
         """A check point: curve, convergence, checkpoint. Returns whether the pass ends here."""
-        nonlocal snaps, stop_reason, last_sync
-        last_sync = state.step
-        changes = {}
-        if check_steps is not None:
-            for n, acc in accs.items():
-                if snaps is None:
+        state = self.state
+        self.last_sync = state.step
+        gathered = self.dist.all_gather_object((state.count, bool(all_local_done),
+                                                [self._changes().get(n, 0.0) for n in self.layer_names]))
+        total = sum(g[0] for g in gathered)
+        all_done = all(g[1] for g in gathered)
+        stop = all_done
+        if self.check_steps is not None and state.curve and total == state.curve[-1]["tokens"]:
+            pass  # nothing new anywhere (idle ranks waiting for the last one): no point to record
+        elif self.check_steps is not None:
+            worst = {n: max(g[2][i] for g in gathered) for i, n in enumerate(self.layer_names)}
+            finite = self._record_check(total, worst)
+            if self.converge is not None and len(finite) == len(worst) and max(finite) < self.converge and not all_done:
+                self.stop_reason, stop = "converged", True
+        if not stop and self.ckpt_steps is not None and state.step % self.ckpt_steps == 0:
+            with region("stats/checkpoint"):
+                state.accs = self.accs
+                state.seconds = self.seconds_before + (time.perf_counter() - self.t0)
+                self.files.save(state, self.layer_names)
+        return stop
+
+    def _changes(self) -> dict[str, float]:
+        """Each layer's relative change of C since the previous check (inf before the first)."""
+        state, changes = self.state, {}
+        if self.check_steps is not None:
+            for n, acc in self.accs.items():
+                if self.snaps is None:
                     changes[n] = math.inf
                 elif state.count == state.last_check_count:
                     changes[n] = 0.0
                 else:
-                    changes[n] = _rel_change(acc, state.count, snaps[n], state.last_check_count)
-        mine_msg = (state.count, bool(all_local_done), [changes.get(n, 0.0) for n in layer_names])
-        gathered = dist.all_gather_object(mine_msg)
-        total = sum(g[0] for g in gathered)
-        all_done = all(g[1] for g in gathered)
-        stop = all_done
-        if check_steps is not None and state.curve and total == state.curve[-1]["tokens"]:
-            pass  # nothing new anywhere (idle ranks waiting for the last one): no point to record
-        elif check_steps is not None:
-            worst = {n: max(g[2][i] for g in gathered) for i, n in enumerate(layer_names)}
-            point = {"tokens": total, "rel_change": {n: (None if math.isinf(v) else v) for n, v in worst.items()}}
-            state.curve.append(point)
-            finite = [v for v in worst.values() if not math.isinf(v)]
-            if finite and show:
-                bar.set_postfix_str(f"ΔC {max(finite):.2e}", refresh=False)
-            if snaps is None:
-                snaps = {n: a.clone() for n, a in accs.items()}
-            else:
-                for n, a in accs.items():
-                    snaps[n].copy_(a)
-            state.last_check_count = state.count
-            if converge is not None and len(finite) == len(worst) and max(finite) < converge and not all_done:
-                stop_reason, stop = "converged", True
-        if not stop and ckpt_steps is not None and state.step % ckpt_steps == 0:
-            with region("stats/checkpoint"):
-                state.accs = accs
-                state.seconds = seconds_before + (time.perf_counter() - t0)
-                files.save(state, layer_names)
-        return stop
+                    changes[n] = _rel_change(acc, state.count, self.snaps[n], state.last_check_count)
+        return changes
 
-    seconds_before = state.seconds
-    it = batches_from(state.window, state.batch)
-    try:
-        while True:
-            item = None if done else next(it, None)
-            if item is not None:
-                wpos, b, batch = item
-                valid_by_device.clear()
-                valid_by_device[in_device] = batch.valid.to(in_device, non_blocking=True)
-                ids = batch.input_ids.to(in_device, non_blocking=True)
-                kwargs = {}
-                if not batch.single:
-                    seg = batch.segments.to(in_device, non_blocking=True)
-                    kwargs["attention_mask"] = block_causal_mask(seg, kind, model_dtype)
-                    kwargs["position_ids"] = batch.position_ids().to(in_device, non_blocking=True)
-                with region("stats/forward"):
-                    try:
-                        model(input_ids=ids, use_cache=False, **kwargs)
-                    except StopForward:
-                        pass
-                state.step += 1
-                state.window, state.batch = wpos, b + 1
-                state.count += batch.tokens
-                state.documents += batch.documents
-                state.rows += batch.input_ids.shape[0]
-                state.padding += batch.padding
-                if show:
-                    if seen["windows"]:
-                        est = seen["tokens"] / seen["windows"] * len(mine)
-                        bar.total = int(min(est, budget) if budget else est)
-                    bar.update(batch.tokens)
-                if budget is not None and state.count >= budget:
-                    done, stop_reason = True, "max_tokens"
-                if sync_steps is not None and state.step % sync_steps == 0:
-                    if sync(done):
-                        break
-                continue
-            # nothing left on this rank
-            if not done:
-                done = True
-                state.window, state.batch = len(mine), 0
-            if not dist.active:
-                if check_steps is not None and state.step != last_sync:
-                    sync(True)
-                break
-            if sync_steps is None:
-                break
-            # an idle rank still takes part in every check until all ranks are done
-            state.step = (last_sync // sync_steps + 1) * sync_steps
-            if sync(True):
-                break
-    finally:
-        for h in handles:
-            h.remove()
-        pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-    seconds = time.perf_counter() - t0
+    def _record_check(self, total: int, worst: dict[str, float]) -> list[float]:
+        """Append a point to the convergence curve and snapshot the sums; returns the finite changes."""
+        self.state.curve.append({"tokens": total, "rel_change": {n: (None if math.isinf(v) else v)
+                                                                 for n, v in worst.items()}})
+        finite = [v for v in worst.values() if not math.isinf(v)]
+        if finite and self.show:
+            self.bar.set_postfix_str(f"ΔC {max(finite):.2e}", refresh=False)
+        if self.snaps is None:
+            self.snaps = {n: a.clone() for n, a in self.accs.items()}
+        else:
+            for n, a in self.accs.items():
+                self.snaps[n].copy_(a)
+        self.state.last_check_count = self.state.count
+        return finite
 
-    # the one reduction of the sums: float64, so the result does not depend on the ranks' order
-    counts = torch.tensor(
-        [state.count, state.documents, state.rows, state.padding, state.count - count_start], dtype=torch.float64
-    )
-    dist.all_reduce_(counts)
-    for n, acc in accs.items():
-        ops.symmetrize_(acc)
-        if dist.active:
-            wide = acc.to(torch.float64)
-            dist.all_reduce_(wide)
-            accs[n] = wide.to(dtype)
-    total, documents, n_rows, padding, this_run = (int(v) for v in counts.tolist())
-    reasons = dist.all_gather_object(stop_reason)
-    stop_reason = "converged" if "converged" in reasons else ("max_tokens" if "max_tokens" in reasons else "corpus")
-    if total == 0:
-        raise ValueError(f"statistics source {source.name} gave no tokens")
-    if resumed is not None:
-        resumed["tokens"] = total - this_run
-    report = CollectionReport(
-        tokens=total, documents=documents, rows=n_rows, padding=padding, seconds=seconds,
-        seconds_total=seconds_before + seconds, tokens_this_run=this_run, tokens_per_s=this_run / max(seconds, 1e-9),
-        stop_reason=stop_reason, curve=state.curve, resumed_from=resumed, world_size=dist.world, layers=layer_names,
-        dtype=cfg["dtype"], model_dtype=cfg["model_dtype"], max_len=max_len, rows_per_batch=rows_per_batch,
-        corpus=source.name, checkpoints=[str(p) for p in files.existing()] if files is not None else [],
-    )
-    log.info(
-        "statistics: %d tokens from %d documents in %.1f s (%.0f tokens/s, %.1f%% of computed positions real), stop: %s",
-        total, documents, seconds, report.tokens_per_s, 100 * report.fill, stop_reason,
-    )
-    stats = {
-        n: SecondMoment(mom2=acc.cpu(), count=total, sample_size=n_samples, meta={"documents": documents})
-        for n, acc in accs.items()
-    }
-    return Collection(stats=stats, report=report, checkpoint=files)
+    # ------------------------------------------------------------------ the result
+    def result(self, seconds: float, n_samples: int | None) -> Collection:
+        """The one reduction of the sums (float64, so the result does not depend on the ranks' order),
+        the report, the statistics on the CPU."""
+        state, dist, accs = self.state, self.dist, self.accs
+        counts = torch.tensor(
+            [state.count, state.documents, state.rows, state.padding, state.count - self.count_start],
+            dtype=torch.float64,
+        )
+        dist.all_reduce_(counts)
+        for n, acc in accs.items():
+            ops.symmetrize_(acc)
+            if dist.active:
+                wide = acc.to(torch.float64)
+                dist.all_reduce_(wide)
+                accs[n] = wide.to(self.dtype)
+        total, documents, n_rows, padding, this_run = (int(v) for v in counts.tolist())
+        reasons = dist.all_gather_object(self.stop_reason)
+        stop_reason = "converged" if "converged" in reasons else ("max_tokens" if "max_tokens" in reasons else "corpus")
+        if total == 0:
+            raise ValueError(f"statistics source {self.source.name} gave no tokens")
+        if self.resumed is not None:
+            self.resumed["tokens"] = total - this_run
+        files = self.files
+        report = CollectionReport(
+            tokens=total, documents=documents, rows=n_rows, padding=padding, seconds=seconds,
+            seconds_total=self.seconds_before + seconds, tokens_this_run=this_run,
+            tokens_per_s=this_run / max(seconds, 1e-9), stop_reason=stop_reason, curve=state.curve,
+            resumed_from=self.resumed, world_size=dist.world, layers=self.layer_names, dtype=self.cfg["dtype"],
+            model_dtype=self.cfg["model_dtype"], max_len=self.max_len, rows_per_batch=self.rows_per_batch,
+            corpus=self.source.name, checkpoints=[str(p) for p in files.existing()] if files is not None else [],
+        )
+        log.info(
+            "statistics: %d tokens from %d documents in %.1f s (%.0f tokens/s, %.1f%% of computed positions real), stop: %s",
+            total, documents, seconds, report.tokens_per_s, 100 * report.fill, stop_reason,
+        )
+        stats = {
+            n: SecondMoment(mom2=acc.cpu(), count=total, sample_size=n_samples, meta={"documents": documents})
+            for n, acc in accs.items()
+        }
+        return Collection(stats=stats, report=report, checkpoint=files)
 
 
 def _resume_state(
