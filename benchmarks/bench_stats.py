@@ -129,14 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     from fastedit.models import get_adapter
-    from fastedit.stats.collect import collect
-    from fastedit.stats.reference import reference_second_moments
-    from fastedit.stats.sources import TextSource, open_source
+    from fastedit.stats.sources import open_source
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    on_gpu = device.startswith("cuda")
-    fast_dtype = getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))
-    acc_dtype = getattr(torch, args.accum_dtype)
     info = machine()
     t = time.perf_counter()
     model, tok = load(args, device, torch.float32)  # the baseline's float32 model; cast for fastedit below
@@ -144,19 +139,45 @@ def main(argv: list[str] | None = None) -> dict:
     if getattr(model.config, "_attn_implementation", None) != args.attn:
         model.set_attn_implementation(args.attn)
     adapter = get_adapter(model)
-    layers = [int(x) for x in args.layers.split(",")]
-    names = [adapter.rewrite_module_tmp.format(layer) for layer in layers]
+    names = [adapter.rewrite_module_tmp.format(int(x)) for x in args.layers.split(",")]
     limit = adapter.max_positions(model)
-    seq_len = min(args.seq_len or (limit if on_gpu else min(limit, 1024)), limit)
-
+    seq_len = min(args.seq_len or (limit if device.startswith("cuda") else min(limit, 1024)), limit)
     source = open_source(args.source)
     t = time.perf_counter()
-    docs, total, mean_article, split = choose_documents(tok, source, seq_len, args.tokens, args.split_long)
+    sources = documents(args, tok, source, seq_len)
     select_s = time.perf_counter() - t
+    result = measure(args, model, tok, adapter, names, sources, seq_len, device)
+    result.update({
+        "tokenized_up_front": bool(args.pretokenize or sources["split"]),
+        "split_long_articles": sources["split"],
+        "document_selection_seconds": select_s,
+        "model_load_seconds": load_s,
+        "machine": info,
+        "command": "python benchmarks/bench_stats.py " + " ".join(shlex.quote(a) for a in argv),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    result["projection"]["assumption"] = (f"mean tokens per article of the local sample ({len(source)} articles), each "
+                                          f"capped at {seq_len} tokens; the projected time is that many tokens at "
+                                          "the measured tokens/s")
+    try:
+        result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    report(args, result, suite)
+    return result
+
+
+def documents(args, tok, source, seq_len: int) -> dict:
+    """The benchmark's documents as sources: ``bench`` (up to ``--tokens``), ``base`` (the baseline's
+    first ``--baseline-tokens`` of them, or the same), ``warm`` (two documents), with ``mean_article``
+    and whether long articles were ``split``."""
+    from fastedit.stats.sources import TextSource
+
+    docs, total, mean_article, split = choose_documents(tok, source, seq_len, args.tokens, args.split_long)
     if args.pretokenize and not split:
         docs = [tok.encode(d, truncation=True, max_length=seq_len) for d in docs]
     bench_src = TextSource(f"{source.name} (first {len(docs)} of the sample)", docs)
-    base_docs, base_total = docs, total
+    base_docs = docs
     if args.baseline_tokens is not None and args.baseline_tokens < total:
         base_docs, base_total = [], 0
         for d in docs:
@@ -166,17 +187,27 @@ def main(argv: list[str] | None = None) -> dict:
             base_docs.append(d)
             base_total += n
     base_src = bench_src if base_docs is docs else TextSource(f"{bench_src.name}, baseline part", base_docs)
-    warm_src = TextSource("warm-up", docs[:2])
+    return {"bench": bench_src, "base": base_src, "warm": TextSource("warm-up", docs[:2]), "mean_article": mean_article,
+            "split": split}
 
-    def run_fast(src, **kw):
+
+def measure(args, model, tok, adapter, names, sources: dict, seq_len: int, device) -> dict:
+    """The baseline (float32, as the reference runs it) and fastedit's pass on the same documents:
+    times, tokens/s, the error of C, and the projection to 100,000 articles."""
+    from fastedit.stats.collect import collect
+    from fastedit.stats.reference import reference_second_moments
+
+    fast_dtype = getattr(torch, args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32"))
+    bench_src, base_src, warm_src = sources["bench"], sources["base"], sources["warm"]
+
+    def run_fast(src):
         sync(device)
         t0 = time.perf_counter()
-        out = collect(model, tok, adapter, names, src, None, dtype=acc_dtype, max_len=seq_len, rows=args.rows,
-                      check_every=None, progress=False, **kw)
+        out = collect(model, tok, adapter, names, src, None, dtype=getattr(torch, args.accum_dtype), max_len=seq_len,
+                      rows=args.rows, check_every=None, progress=False)
         sync(device)
         return out, time.perf_counter() - t0
 
-    # the baseline, float32, as the reference runs it
     reference_second_moments(model, tok, names[:1], warm_src, None, max_len=seq_len, stop=True)  # warm-up
     sync(device)
     t = time.perf_counter()
@@ -184,8 +215,6 @@ def main(argv: list[str] | None = None) -> dict:
                                    stop=args.baseline == "stop")
     sync(device)
     base_s = time.perf_counter() - t
-    base_tokens = ref[names[0]].count
-
     result: dict = {}
     if fast_dtype != torch.float32 or base_src is not bench_src:
         # like for like first: fastedit with a float32 forward on the baseline's documents
@@ -196,22 +225,24 @@ def main(argv: list[str] | None = None) -> dict:
         model.to(fast_dtype)
     run_fast(warm_src)  # warm-up: kernel compilation, allocator
     fast, fast_s = run_fast(bench_src)
-    if base_src is bench_src:
-        errs = {n: rel_error(fast.stats[n], ref[n]) for n in names}
-    else:
-        sub, _ = run_fast(base_src)
-        errs = {n: rel_error(sub.stats[n], ref[n]) for n in names}
-    rep = fast.report
+    checked = fast if base_src is bench_src else run_fast(base_src)[0]
+    errs = {n: rel_error(checked.stats[n], ref[n]) for n in names}
+    result.update(summary(args, device, model, fast.report, fast_s, ref[names[0]].count, base_s, errs, fast_dtype,
+                          seq_len, sources["mean_article"]))
+    return result
+
+
+def summary(args, device, model, rep, fast_s, base_tokens, base_s, errs, fast_dtype, seq_len, mean_article) -> dict:
+    """The result fields of one measurement."""
     result_dtype = str(fast_dtype).replace("torch.", "")
-    tps = rep.tokens / fast_s
-    base_tps = base_tokens / base_s
+    tps, base_tps = rep.tokens / fast_s, base_tokens / base_s
     projected_tokens = ARTICLES * mean_article
-    result.update({
+    return {
         "benchmark": "bench_stats",
         "model": args.model,
-        "layers": layers,
+        "layers": [int(x) for x in args.layers.split(",")],
         "device": device,
-        "model_dtype": str(fast_dtype).replace("torch.", ""),
+        "model_dtype": result_dtype,
         "accum_dtype": args.accum_dtype,
         "attention": model.config._attn_implementation,
         "seq_len": seq_len,
@@ -233,30 +264,24 @@ def main(argv: list[str] | None = None) -> dict:
         "projection": {
             "articles": ARTICLES,
             "mean_tokens_per_article": round(mean_article, 1),
-            "assumption": f"mean tokens per article of the local sample ({len(source)} articles), each capped at "
-                          f"{seq_len} tokens; the projected time is that many tokens at the measured tokens/s",
+            "assumption": "",
             "tokens": int(projected_tokens),
             "seconds": projected_tokens / tps,
             "minutes": projected_tokens / tps / 60,
             "baseline_minutes": projected_tokens / base_tps / 60,
         },
-        "tokenized_up_front": bool(args.pretokenize or split),
-        "split_long_articles": split,
-        "document_selection_seconds": select_s,
-        "model_load_seconds": load_s,
-        "machine": info,
-        "command": "python benchmarks/bench_stats.py " + " ".join(shlex.quote(a) for a in argv),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
-    try:
-        result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    print(f"fastedit   {rep.tokens:>9,} tokens in {fast_s:8.1f} s: {tps:10,.0f} tokens/s "
-          f"({rep.documents} documents, rows of {seq_len}, {100 * rep.fill:.1f}% real tokens)")
-    print(f"reference  {base_tokens:>9,} tokens in {base_s:8.1f} s: {base_tps:10,.0f} tokens/s ({args.baseline})")
-    print(f"speedup {tps / base_tps:.2f}x, largest relative error of C {max(errs.values()):.2e}; "
-          f"100,000 articles of {mean_article:.0f} tokens: {result['projection']['minutes']:.1f} min")
+    }
+
+
+def report(args, result: dict, suite: bool) -> None:
+    """Print the result and write its JSON (``--json``; the GPU suite's results folder by default there)."""
+    print(f"fastedit   {result['tokens']:>9,} tokens in {result['seconds']:8.1f} s: {result['tokens_per_s']:10,.0f} tokens/s "
+          f"({result['documents']} documents, rows of {result['seq_len']}, {100 * result['fill']:.1f}% real tokens)")
+    print(f"reference  {result['baseline_tokens']:>9,} tokens in {result['baseline_seconds']:8.1f} s: "
+          f"{result['baseline_tokens_per_s']:10,.0f} tokens/s ({args.baseline})")
+    print(f"speedup {result['speedup']:.2f}x, largest relative error of C {result['max_rel_error']:.2e}; "
+          f"100,000 articles of {result['projection']['mean_tokens_per_article']:.0f} tokens: "
+          f"{result['projection']['minutes']:.1f} min")
     out = args.json
     if suite and out is None:
         out = str(Path(os.environ.get("FASTEDIT_RESULTS_DIR", REPO / "benchmarks" / "results")) / "bench_stats.json")
@@ -264,7 +289,6 @@ def main(argv: list[str] | None = None) -> dict:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
-    return result
 
 
 if __name__ == "__main__":
