@@ -4,9 +4,10 @@
 (as :func:`fastedit.experiments.sequential.run_sequential` writes them; a run still going is read as
 far as it got) and writes into ``OUT``:
 
-* ``compare.png``: against the number of edits, efficacy of the latest edits and of all edits so
-  far (forgetting), paraphrase and neighbourhood scores over all edits, generation entropy
-  (fluency), the mean few-shot GLUE score and the mean relative weight growth of the edited layers;
+* ``compare.png``: against the number of edits, efficacy of the latest edits, of all edits so far
+  and of the oldest tenth of them (forgetting), paraphrase and neighbourhood scores over all edits,
+  generation entropy (fluency), the mean few-shot GLUE score and the mean relative weight growth of
+  the edited layers;
 * ``compare.md``: a table of every run's last checkpoint, and of each checkpoint all runs reached.
 """
 
@@ -24,6 +25,7 @@ __all__ = ["RunRecord", "read_run", "compare_runs", "comparison_table"]
 PANELS = (
     ("efficacy, latest edits", lambda c: _score(c, "latest_edits", "rewrite_success")),
     ("efficacy, all edits so far", lambda c: _score(c, "all_edits", "rewrite_success")),
+    ("efficacy, oldest tenth of the edits", lambda c: (c.get("by_age") or [None])[0]),
     ("paraphrase, all edits", lambda c: _score(c, "all_edits", "paraphrase_success")),
     ("neighbourhood, all edits", lambda c: _score(c, "all_edits", "neighborhood_success")),
     ("generation entropy", lambda c: c.get("generation_entropy")),
@@ -127,12 +129,11 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, title: str | None 
                 ax.plot(x, y, "o-", ms=2.5, label=run.label)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("edits applied")
-    axes.flat[-1].axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    axes.flat[-1].legend(handles, labels, loc="center", fontsize=9)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(runs), 4), fontsize=9)
     models = sorted({str(r.config.get("model", "")) for r in runs})
     fig.suptitle(title or f"sequential editing of {', '.join(models)}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     paths = [out / "compare.png", out / "compare.md"]
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)

@@ -19,6 +19,7 @@ def fake_run(folder, method, efficacy, partial_last_line=False):
             "edits": 10 * (i + 1),
             "latest_edits": {"rewrite_success": eff, "paraphrase_success": eff / 2, "neighborhood_success": 0.8},
             "all_edits": {"rewrite_success": eff - 0.1, "paraphrase_success": eff / 2, "neighborhood_success": 0.7},
+            "by_age": [eff - 0.3, eff - 0.2, eff],
             "generation_entropy": 6.0 - i,
             "downstream": {"sst2": {"accuracy": 0.6, "mcc": 0.1}, "cola": {"mcc": 0.2, "accuracy": 0.5}, "n": 4},
             "norm_growth": {"a.weight": {"relative": 0.01 * (i + 1)}, "b.weight": {"relative": 0.03 * (i + 1)}},
@@ -38,9 +39,10 @@ def test_figure_and_table(tmp_path):
     # last checkpoints (30 and 20 edits), then the common checkpoints 10 and 20 for both runs
     assert [r.split(" | ")[1] for r in rows] == ["30", "20", "10", "10", "20", "20"]
     last_memit = rows[0].split(" | ")
-    assert last_memit[2:5] == ["0.500", "0.400", "0.250"]  # efficacy latest, all so far, paraphrase
-    assert last_memit[7] == "0.400"  # GLUE mean of accuracy 0.6 and MCC 0.2
-    assert last_memit[8].rstrip(" |") == "0.060"  # mean relative growth of 0.03 and 0.09
+    # efficacy latest, all so far, oldest tenth, paraphrase
+    assert last_memit[2:6] == ["0.500", "0.400", "0.200", "0.250"]
+    assert last_memit[8] == "0.400"  # GLUE mean of accuracy 0.6 and MCC 0.2
+    assert last_memit[9].rstrip(" |") == "0.060"  # mean relative growth of 0.03 and 0.09
 
 
 def test_bad_run_folders(tmp_path):
