@@ -143,6 +143,25 @@ def encode_target(tok, target: str) -> list[int]:
     return ids
 
 
+def _shared_rows(items: Sequence[tuple[Sequence[int], Sequence[int]]]) -> tuple[list[tuple[int, ...]], list[list[int]]]:
+    """The distinct model rows ``prompt + target[:-1]`` of ``items`` and, per row, the items that read it."""
+    row_of: dict[tuple[int, ...], int] = {}
+    rows: list[tuple[int, ...]] = []
+    users: list[list[int]] = []
+    for i, (prompt, target) in enumerate(items):
+        if len(prompt) == 0:
+            raise ValueError(f"item {i}: empty prompt (nothing to predict the first target token from)")
+        if len(target) == 0:
+            raise ValueError(f"item {i}: empty target")
+        row = tuple(prompt) + tuple(target[:-1])
+        if row not in row_of:
+            row_of[row] = len(rows)
+            rows.append(row)
+            users.append([])
+        users[row_of[row]].append(i)
+    return rows, users
+
+
 @torch.no_grad()
 def score_continuations(
     model,
@@ -163,20 +182,7 @@ def score_continuations(
     keep_logits = "logits_to_keep" in params
     cache_kw = _cache_kwarg(model)
 
-    row_of: dict[tuple[int, ...], int] = {}
-    rows: list[tuple[int, ...]] = []
-    users: list[list[int]] = []  # items reading each row
-    for i, (prompt, target) in enumerate(items):
-        if len(prompt) == 0:
-            raise ValueError(f"item {i}: empty prompt (nothing to predict the first target token from)")
-        if len(target) == 0:
-            raise ValueError(f"item {i}: empty target")
-        row = tuple(prompt) + tuple(target[:-1])
-        if row not in row_of:
-            row_of[row] = len(rows)
-            rows.append(row)
-            users.append([])
-        users[row_of[row]].append(i)
+    rows, users = _shared_rows(items)
 
     prefix_cache = None
     n_prefix = len(prefix_ids)

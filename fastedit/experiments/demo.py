@@ -105,54 +105,9 @@ def run_demo(
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     before = _score(model, tok, reqs)
-    original = {k: w.detach().clone() for k, w in session.edited_weights().items()}
-    steps = []
-    with open(out / "steps.jsonl", "w") as f:
-        for i, r in enumerate(reqs):
-            result = session.apply([r])
-            scores = _score(model, tok, reqs[: i + 1])
-            growth = {
-                k: float((w.detach() - original[k]).norm() / original[k].norm())
-                for k, w in session.edited_weights().items()
-            }
-            step = {
-                "edit": i + 1,
-                "case_id": r.case_id,
-                "seconds": result.times["total"],
-                "latest_success": scores[-1]["success"],
-                "success_so_far": sum(s["success"] for s in scores) / len(scores),
-                "paraphrase_so_far": sum(s.get("paraphrase_success", False) for s in scores) / len(scores),
-                "relative_weight_change": growth,
-            }
-            steps.append(step)
-            f.write(json.dumps(step) + "\n")
-            log.info("edit %d/%d (%s): %.1f s, %d/%d edits hold", i + 1, len(reqs), r.case_id, step["seconds"],
-                     sum(s["success"] for s in scores), len(scores))
+    steps = _edit_one_at_a_time(session, model, tok, reqs, out / "steps.jsonl")
     after = _score(model, tok, reqs)
-    table = []
-    for r, b, a in zip(reqs, before, after):
-        table.append({
-            "case_id": r.case_id,
-            "prompt": r.text,
-            "new": r.target_new,
-            "true": r.target_true,
-            "before": b,
-            "after": a,
-        })
-    summary = {
-        "model": model_name,
-        "method": method,
-        "edits": len(reqs),
-        "efficacy_before": sum(b["success"] for b in before) / len(reqs),
-        "efficacy_after": sum(a["success"] for a in after) / len(reqs),
-        "paraphrase_after": sum(a.get("paraphrase_success", False) for a in after) / len(reqs),
-        "neighborhood_p_change": sum(
-            abs(a.get("neighborhood_p", 0) - b.get("neighborhood_p", 0)) for a, b in zip(after, before)
-        ) / len(reqs),
-        "seconds_per_edit": sum(s["seconds"] for s in steps) / len(steps),
-        "total_seconds": time.perf_counter() - t_start,
-        "table": table,
-    }
+    summary = _summary(model_name, method, reqs, before, after, steps, time.perf_counter() - t_start)
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_demo(steps, out / "demo.png", title=f"{method.upper()} on {model_name}, sequential edits")
     return summary
@@ -207,3 +162,56 @@ def format_table(summary: dict) -> str:
         f"{summary['seconds_per_edit']:.1f} s per edit"
     )
     return "\n".join(lines)
+
+
+def _edit_one_at_a_time(session: EditSession, model, tok, reqs: list, path: Path) -> list[dict]:
+    """Apply ``reqs`` one edit each, scoring the edits so far after every one; one line per edit in
+    ``path`` (``steps.jsonl``), the same dicts returned."""
+    original = {k: w.detach().clone() for k, w in session.edited_weights().items()}
+    steps = []
+    with open(path, "w") as f:
+        for i, r in enumerate(reqs):
+            result = session.apply([r])
+            scores = _score(model, tok, reqs[: i + 1])
+            growth = {
+                k: float((w.detach() - original[k]).norm() / original[k].norm())
+                for k, w in session.edited_weights().items()
+            }
+            step = {
+                "edit": i + 1,
+                "case_id": r.case_id,
+                "seconds": result.times["total"],
+                "latest_success": scores[-1]["success"],
+                "success_so_far": sum(s["success"] for s in scores) / len(scores),
+                "paraphrase_so_far": sum(s.get("paraphrase_success", False) for s in scores) / len(scores),
+                "relative_weight_change": growth,
+            }
+            steps.append(step)
+            f.write(json.dumps(step) + "\n")
+            log.info("edit %d/%d (%s): %.1f s, %d/%d edits hold", i + 1, len(reqs), r.case_id, step["seconds"],
+                     sum(s["success"] for s in scores), len(scores))
+    return steps
+
+
+def _summary(model_name: str, method: str, reqs: list, before: list[dict], after: list[dict], steps: list[dict],
+             total_seconds: float) -> dict:
+    """``results.json``: the before/after table of every request and the run's averages."""
+    table = [
+        {"case_id": r.case_id, "prompt": r.text, "new": r.target_new, "true": r.target_true, "before": b, "after": a}
+        for r, b, a in zip(reqs, before, after)
+    ]
+    n = len(reqs)
+    return {
+        "model": model_name,
+        "method": method,
+        "edits": n,
+        "efficacy_before": sum(b["success"] for b in before) / n,
+        "efficacy_after": sum(a["success"] for a in after) / n,
+        "paraphrase_after": sum(a.get("paraphrase_success", False) for a in after) / n,
+        "neighborhood_p_change": sum(
+            abs(a.get("neighborhood_p", 0) - b.get("neighborhood_p", 0)) for a, b in zip(after, before)
+        ) / n,
+        "seconds_per_edit": sum(s["seconds"] for s in steps) / len(steps),
+        "total_seconds": total_seconds,
+        "table": table,
+    }

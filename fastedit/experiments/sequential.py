@@ -168,6 +168,17 @@ def _truncate_jsonl(path: Path, keep) -> list[dict]:
     return kept
 
 
+def _batches(cfg: RunConfig) -> list[list]:
+    """The run's ``cfg.edits`` batches of ``cfg.batch_size`` requests, in order; an error that names the
+    data when it holds too few records."""
+    reqs = load_requests(cfg)
+    if len(reqs) < cfg.edits * cfg.batch_size:
+        hint = " (the shipped CounterFact sample; --data hub reads all 21,919 records)" if not cfg.data else ""
+        raise ValueError(f"{cfg.data or cfg.dataset}{hint}: {len(reqs) + cfg.start} records, the run needs "
+                         f"{cfg.edits * cfg.batch_size} from record {cfg.start}")
+    return [reqs[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(cfg.edits)]
+
+
 def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, stop_after: int | None = None,
                    time_limit: float | None = None, device_map=None, report_to: str | None = None,
                    profile: str | Path | None = None) -> dict:
@@ -194,12 +205,7 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
     torch.manual_seed(cfg.seed)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = load_model(cfg.model, dtype=cfg.dtype, device=device, device_map=device_map)
-    reqs = load_requests(cfg)
-    if len(reqs) < cfg.edits * cfg.batch_size:
-        hint = " (the shipped CounterFact sample; --data hub reads all 21,919 records)" if not cfg.data else ""
-        raise ValueError(f"{cfg.data or cfg.dataset}{hint}: {len(reqs) + cfg.start} records, the run needs "
-                         f"{cfg.edits * cfg.batch_size} from record {cfg.start}")
-    batches = [reqs[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(cfg.edits)]
+    batches = _batches(cfg)
     stats_source = cfg.stats_source or default_stats_source()
     stats_dir = cfg.stats_dir or str(cache_dir() / "stats")
     session = _open_session(cfg, out, model, tok, stats_source, stats_dir)

@@ -153,6 +153,61 @@ def _fmt_curve(report, names: list[str], short: list[str]) -> list[str]:
     return lines
 
 
+def _device(device: str | None, world: int) -> str:
+    """This process's device: ``--device``, or the GPU (this rank's under torchrun) when there is one."""
+    import torch
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        return f"cuda:{local_rank}" if (torch.cuda.is_available() and world > 1) else ("cuda" if torch.cuda.is_available() else "cpu")
+    if world > 1 and device == "cuda":
+        return f"cuda:{local_rank}"
+    return device
+
+
+def _report_lines(store, layers, converge: float | None, t_load: float, secs: float) -> list[str]:
+    """The printed summary: what was computed (tokens, speed, why it stopped, convergence), each cache."""
+    rep = store.report
+    lines = []
+    if rep is None:
+        lines.append(f"all {len(layers)} layer(s) were cached already")
+    else:
+        computed = rep.layers
+        lines.append(
+            f"statistics for {len(computed)} layer(s) of {store.model_name}: {rep.tokens:,} tokens from "
+            f"{rep.documents:,} documents in {rep.seconds:.1f} s ({rep.tokens_per_s:,.0f} tokens/s"
+            + (f" over {rep.world_size} processes" if rep.world_size > 1 else "")
+            + f"; forward in {rep.model_dtype}, sums in {rep.dtype}; rows of {rep.max_len} tokens, "
+            f"{100 * rep.fill:.1f}% of them real tokens)"
+        )
+        why = {"corpus": "the end of the sample", "converged": f"convergence (every change < {converge:g})"
+               if converge else "convergence", "max_tokens": "the key-vector limit"}[rep.stop_reason]
+        lines.append(f"stopped at {why}")
+        if rep.resumed_from:
+            lines.append(f"resumed from a checkpoint at {rep.resumed_from['tokens']:,} tokens "
+                         f"({rep.resumed_from['seconds']:.1f} s of earlier work)")
+        short = [next((f"L{part}" for part in n.split(".") if part.isdigit()), n) for n in computed]
+        lines += _fmt_curve(rep, computed, short)
+    lines.append("caches:")
+    for layer in layers:
+        lines.append(f"  layer {layer} ({store.layer_name(layer)}): {store.loaded_from[layer]}")
+    lines.append(f"model loaded in {t_load:.1f} s; statistics ready in {secs:.1f} s")
+    return lines
+
+
+def _write_summary(path: str, store, layers, secs: float) -> None:
+    rep = store.report
+    summary = {
+        "model": store.model_name,
+        "layers": list(layers),
+        "caches": {str(layer): str(store.loaded_from[layer]) for layer in layers},
+        "seconds": secs,
+        "report": rep.to_dict() if rep is not None else None,
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def run(args) -> int:
     """Run ``fastedit stats`` with parsed ``args``; prints the summary (rank 0). Returns the exit code."""
     import torch
@@ -166,12 +221,7 @@ def run(args) -> int:
     world = env_world_size()
     if world > 1 and args.device_map:
         raise UsageError("--device-map spreads one model over several GPUs; with torchrun each rank holds its own model")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = args.device
-    if device is None:
-        device = f"cuda:{local_rank}" if (torch.cuda.is_available() and world > 1) else ("cuda" if torch.cuda.is_available() else "cpu")
-    elif world > 1 and device == "cuda":
-        device = f"cuda:{local_rank}"
+    device = _device(args.device, world)
     dist = init_from_env(device) if world > 1 else None
     main = dist is None or dist.is_main
     if not main:
@@ -197,44 +247,10 @@ def run(args) -> int:
     t0 = time.perf_counter()
     store.ensure(hp.layers)
     secs = time.perf_counter() - t0
-    rep = store.report
     if main:
-        names = [store.layer_name(layer) for layer in hp.layers]
-        lines = []
-        if rep is None:
-            lines.append(f"all {len(hp.layers)} layer(s) were cached already")
-        else:
-            computed = rep.layers
-            lines.append(
-                f"statistics for {len(computed)} layer(s) of {store.model_name}: {rep.tokens:,} tokens from "
-                f"{rep.documents:,} documents in {rep.seconds:.1f} s ({rep.tokens_per_s:,.0f} tokens/s"
-                + (f" over {rep.world_size} processes" if rep.world_size > 1 else "")
-                + f"; forward in {rep.model_dtype}, sums in {rep.dtype}; rows of {rep.max_len} tokens, "
-                f"{100 * rep.fill:.1f}% of them real tokens)"
-            )
-            why = {"corpus": "the end of the sample", "converged": f"convergence (every change < {args.converge:g})"
-                   if args.converge else "convergence", "max_tokens": "the key-vector limit"}[rep.stop_reason]
-            lines.append(f"stopped at {why}")
-            if rep.resumed_from:
-                lines.append(f"resumed from a checkpoint at {rep.resumed_from['tokens']:,} tokens "
-                             f"({rep.resumed_from['seconds']:.1f} s of earlier work)")
-            short = [next((f"L{part}" for part in n.split(".") if part.isdigit()), n) for n in computed]
-            lines += _fmt_curve(rep, computed, short)
-        lines.append("caches:")
-        for layer, name in zip(hp.layers, names):
-            lines.append(f"  layer {layer} ({name}): {store.loaded_from[layer]}")
-        lines.append(f"model loaded in {t_load:.1f} s; statistics ready in {secs:.1f} s")
-        print("\n".join(lines), flush=True)
+        print("\n".join(_report_lines(store, hp.layers, args.converge, t_load, secs)), flush=True)
         if args.summary:
-            summary = {
-                "model": store.model_name,
-                "layers": list(hp.layers),
-                "caches": {str(layer): str(store.loaded_from[layer]) for layer in hp.layers},
-                "seconds": secs,
-                "report": rep.to_dict() if rep is not None else None,
-            }
-            Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
+            _write_summary(args.summary, store, hp.layers, secs)
     if dist is not None:
         import torch.distributed as tdist
 

@@ -112,6 +112,34 @@ def _most_probable_stop(prob_cutoff, lp, targets, nll_each, n_right):
     return torch.exp(-nll_each).mean().item() > prob_cutoff, n_right
 
 
+def _edited_forward(model, ids, mask, site: str, edit, loss_module: str):
+    """The model's logits with the hook ``edit`` on ``site``, and the output of ``loss_module``."""
+    kept = {}
+
+    def keep(m, a, out):
+        kept["h"] = _first(out)
+
+    h1 = module(model, site).register_forward_hook(edit)
+    h2 = module(model, loss_module).register_forward_hook(keep)
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    finally:
+        h1.remove()
+        h2.remove()
+    return logits, kept["h"]
+
+
+def _rewrite_logprobs(model, hp, logits, h, n_rewrite: int, nll_from: str):
+    """Log-probabilities (n_rewrite, T, vocab) of the rewrite rows: from the model's logits, or (MEMIT's
+    compute_z) the loss layer's output ``h`` through the final norm and the LM head."""
+    if nll_from == "logits":
+        return torch.log_softmax(logits[:n_rewrite], dim=2)
+    ln_f = module(model, hp["ln_f_module"])
+    head = module(model, hp["lm_head_module"])
+    bias = head.bias if getattr(head, "bias", None) is not None else 0.0
+    return torch.log_softmax(ln_f(h[:n_rewrite]) @ head.weight.T + bias, dim=2)
+
+
 def optimise(model, tok, request, hp, layer, templates, site, nll_from, prob_cutoff=None):
     """compute_v / compute_z: returns (v_init, delta); δ is float64 on float64 models, else float32.
 
@@ -138,11 +166,6 @@ def optimise(model, tok, request, hp, layer, templates, site, nll_from, prob_cut
             t[i, idx] = t[i, idx] + delta.to(t.dtype)
         return (t,) + tuple(out[1:]) if isinstance(out, tuple) else t
 
-    kept = {}
-
-    def keep(m, a, out):
-        kept["h"] = _first(out)
-
     saved = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
@@ -152,23 +175,11 @@ def optimise(model, tok, request, hp, layer, templates, site, nll_from, prob_cut
     try:
         for it in range(hp["v_num_grad_steps"]):
             opt.zero_grad()
-            h1 = module(model, site).register_forward_hook(edit)
-            h2 = module(model, hp["layer_module_tmp"].format(loss_layer)).register_forward_hook(keep)
-            try:
-                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            finally:
-                h1.remove()
-                h2.remove()
+            logits, h = _edited_forward(model, ids, mask, site, edit, hp["layer_module_tmp"].format(loss_layer))
             kl_lp = torch.log_softmax(logits[n_rewrite, lookup[-1]][None], dim=1)
             if kl_init is None:
                 kl_init = kl_lp.detach().clone()
-            if nll_from == "logits":
-                lp = torch.log_softmax(logits[:n_rewrite], dim=2)
-            else:
-                ln_f = module(model, hp["ln_f_module"])
-                head = module(model, hp["lm_head_module"])
-                bias = head.bias if getattr(head, "bias", None) is not None else 0.0
-                lp = torch.log_softmax(ln_f(kept["h"][:n_rewrite]) @ head.weight.T + bias, dim=2)
+            lp = _rewrite_logprobs(model, hp, logits, h, n_rewrite, nll_from)
             picked = torch.gather(lp, 2, torch.where(targets != -100, targets, 0)[:, :, None])[:, :, 0]
             m = (targets != -100).to(picked.dtype)
             nll_each = -(picked * m).sum(1) / T
