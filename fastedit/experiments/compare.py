@@ -4,7 +4,8 @@
 (as :func:`fastedit.experiments.sequential.run_sequential` writes them; a run still going is read as
 far as it got) and writes into ``OUT``:
 
-* ``compare.png``: against the number of edits, efficacy of the latest edits, of all edits so far
+* ``compare.png``: against the number of requests edited (edits × batch size, so runs of different
+  batch sizes share an axis), efficacy of the latest edits, of all edits so far
   and of the oldest tenth of them (forgetting), paraphrase and neighbourhood scores over all edits,
   generation entropy (fluency), the mean few-shot GLUE score and the mean relative weight growth of
   the edited layers;
@@ -64,8 +65,12 @@ class RunRecord:
     config: dict
     checkpoints: list[dict]
 
+    def requests(self, c: dict) -> int:
+        """The requests edited by checkpoint ``c`` (its ``edits`` are batches)."""
+        return c.get("requests", c["edits"] * int(self.config.get("batch_size", 1)))
+
     def series(self, value) -> tuple[list[int], list[float]]:
-        pts = [(c["edits"], value(c)) for c in self.checkpoints]
+        pts = [(self.requests(c), value(c)) for c in self.checkpoints]
         pts = [(x, y) for x, y in pts if y is not None]
         return [x for x, _ in pts], [y for _, y in pts]
 
@@ -91,21 +96,22 @@ def read_run(path: str | Path) -> RunRecord:
 
 
 def comparison_table(runs: list[RunRecord]) -> str:
-    """A markdown table: each run's last checkpoint, then each checkpoint every run reached."""
-    head = "| run | edits | " + " | ".join(name for name, _ in PANELS) + " |"
+    """A markdown table: each run's last checkpoint, then each number of requests edited that every run
+    reached a checkpoint at."""
+    head = "| run | requests edited | " + " | ".join(name for name, _ in PANELS) + " |"
     rule = "|" + "---|" * (len(PANELS) + 2)
 
     def row(run: RunRecord, c: dict) -> str:
         vals = [fn(c) for _, fn in PANELS]
-        return f"| {run.label} | {c['edits']} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in vals) + " |"
+        return f"| {run.label} | {run.requests(c)} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in vals) + " |"
 
     lines = ["Last checkpoint of each run:", "", head, rule]
     lines += [row(r, r.checkpoints[-1]) for r in runs if r.checkpoints]
-    common = sorted(set.intersection(*[{c["edits"] for c in r.checkpoints} for r in runs])) if runs else []
+    common = sorted(set.intersection(*[{r.requests(c) for c in r.checkpoints} for r in runs])) if runs else []
     if common:
         lines += ["", "At the checkpoints every run reached:", "", head, rule]
         for n in common:
-            lines += [row(r, next(c for c in r.checkpoints if c["edits"] == n)) for r in runs]
+            lines += [row(r, next(c for c in r.checkpoints if r.requests(c) == n)) for r in runs]
     return "\n".join(lines) + "\n"
 
 
@@ -128,7 +134,7 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, title: str | None 
             if x:
                 ax.plot(x, y, "o-", ms=2.5, label=run.label)
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel("edits applied")
+        ax.set_xlabel("requests edited")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(runs), 4), fontsize=9)
     models = sorted({str(r.config.get("model", "")) for r in runs})

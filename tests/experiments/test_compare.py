@@ -8,15 +8,16 @@ from fastedit.errors import InputError
 from fastedit.experiments.compare import compare_runs, comparison_table, read_run
 
 
-def fake_run(folder, method, efficacy, partial_last_line=False):
-    """A run folder as run_sequential writes it, with checkpoints at 10 and 20 edits (and 30 for some)."""
+def fake_run(folder, method, efficacy, partial_last_line=False, batch_size=1, every=10):
+    """A run folder as run_sequential writes it, with checkpoints every ``every`` edits (batches)."""
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"run": {"method": method, "mode": "fast", "batch_size": 1,
+    (folder / "config.json").write_text(json.dumps({"run": {"method": method, "mode": "fast", "batch_size": batch_size,
                                                             "model": "smollm2-135m"}}))
     lines = []
     for i, eff in enumerate(efficacy):
         lines.append(json.dumps({
-            "edits": 10 * (i + 1),
+            "edits": every * (i + 1),
+            "requests": every * (i + 1) * batch_size,
             "latest_edits": {"rewrite_success": eff, "paraphrase_success": eff / 2, "neighborhood_success": 0.8},
             "all_edits": {"rewrite_success": eff - 0.1, "paraphrase_success": eff / 2, "neighborhood_success": 0.7},
             "by_age": [eff - 0.3, eff - 0.2, eff],
@@ -63,3 +64,19 @@ def test_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| encore (fast, batch 1) | 10 | 0.900 |" in printed and (tmp_path / "o" / "compare.png").exists()
     assert main(["compare", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) != 0
+
+
+def test_runs_of_different_batch_sizes_share_the_requests_axis(tmp_path):
+    one = fake_run(tmp_path / "b1", "memit", [1.0, 0.9])  # checkpoints at 10 and 20 requests
+    ten = fake_run(tmp_path / "b10", "encore", [0.95], batch_size=10, every=2)  # 2 batches of 10: 20 requests
+    runs = [read_run(one), read_run(ten)]
+    assert runs[1].series(lambda c: c["generation_entropy"]) == ([20], [6.0])
+    table = comparison_table(runs)
+    assert "| encore (fast, batch 10) | 20 | 0.950 |" in table
+    common = table.split("every run reached")[1]
+    assert "| memit (fast, batch 1) | 20 | 0.900 |" in common and "| 10 |" not in common
+    # a run from before checkpoints recorded requests: edits × batch size
+    line = json.loads((ten / "checkpoints.jsonl").read_text().splitlines()[0])
+    del line["requests"]
+    (ten / "checkpoints.jsonl").write_text(json.dumps(line) + "\n")
+    assert read_run(ten).series(lambda c: c["generation_entropy"])[0] == [20]
