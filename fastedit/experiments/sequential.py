@@ -225,7 +225,7 @@ def run_sequential(cfg: RunConfig, out_dir: str | Path, progress: bool = True, s
     stop = cfg.edits if stop_after is None else min(cfg.edits, stop_after)
     try:
         with chrome_trace(profile):
-            if done == 0:
+            if done == 0 and not ckpt_log:  # a run stopped before its first save has logged it already
                 first = _checkpoint(cfg, session, scorer, [], 0, base, [], default_data_dir(), time.perf_counter(), 0.0)
                 _log_checkpoint(out, ckpt_log, first, reporter)
             seconds = sum(e["seconds"] for e in edit_log)

@@ -107,6 +107,21 @@ def test_killed_run_resumes_to_the_same_results(setup, shared_data, tmp_path, to
     assert strip_timing(sa) == strip_timing(sb)
 
 
+def test_a_run_stopped_before_its_first_save_logs_checkpoint_0_once(setup, shared_data, tmp_path):
+    from fastedit.experiments.sequential import RunConfig, run_sequential
+
+    cfg = RunConfig(model=str(setup / "tiny-gpt2"), hparams=str(setup / "hp.json"), edits=2, eval_every=2,
+                    data=str(shared_data / "counterfact" / "counterfact-edit.json"), downstream_n=0,
+                    fluency_prompts=2, stats_source=str(setup / "corpus.jsonl"), stats_dir=str(setup / "stats"),
+                    device="cpu")
+    out = tmp_path / "run"
+    run_sequential(cfg, out, progress=False, stop_after=1)  # edit 1 made, no session saved: it is redone
+    assert [c["edits"] for c in read_jsonl(out / "checkpoints.jsonl")] == [0]
+    run_sequential(cfg, out, progress=False)
+    assert [c["edits"] for c in read_jsonl(out / "checkpoints.jsonl")] == [0, 2]
+    assert [e["edit"] for e in read_jsonl(out / "edits.jsonl")] == [1, 2]
+
+
 def test_time_limit_then_extend_but_refuse_a_different_configuration(setup, shared_data, tmp_path):
     out = tmp_path / "run"
     limited = subprocess.run(command(setup, shared_data, out, edits=4) + ["--time-limit", "0.0001"],
